@@ -1,0 +1,69 @@
+"""Models save/load safely and run on other backends; the package never imports TensorFlow."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import keras_resnet
+
+PACKAGE = pathlib.Path(keras_resnet.__file__).parent
+BIG = {"resnet1202", "plain1202"}
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=[pytest.mark.slow] if n in BIG else []) for n in keras_resnet.available()]
+)
+def test_every_model_saves_and_loads_safely(name, tmp_path):
+    model = keras_resnet.build(name, zero_init_residual=name in BIG)  # 1,202 layers of He init overflow float32
+    path = tmp_path / f"{name}.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    size = model.input_shape[1]
+    x = np.random.default_rng(0).uniform(0, 1, (1, size, size, 3)).astype("float32")
+    expected = model.predict(x, verbose=0)
+    assert np.isfinite(expected).all()
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), expected)
+
+
+@pytest.mark.parametrize("kwargs", [dict(shortcut="A", variant="v2"), dict(variant="v1.5", zero_init_residual=True)])
+def test_variants_save_and_load(kwargs, tmp_path):
+    model = keras_resnet.ResNet20(**kwargs)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras", safe_mode=True)
+    x = np.random.default_rng(1).uniform(0, 1, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_the_package_imports_no_tensorflow():
+    for path in PACKAGE.rglob("*.py"):
+        for line in path.read_text().splitlines():
+            assert not line.strip().startswith(("import tensorflow", "from tensorflow")), f"{path}: {line}"
+
+
+JAX_SCRIPT = """
+import sys
+import numpy as np
+import keras_resnet
+import keras
+assert keras.backend.backend() == "jax"
+for name, size in (("resnet20", 32), ("resnet50", 224)):
+    model = keras_resnet.build(name)
+    out = model(np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32"))
+    out = np.asarray(out)
+    assert out.shape == (2, model.output_shape[-1]) and np.allclose(out.sum(-1), 1, atol=1e-4), out
+    print(name, out.shape)
+print("tensorflow imported:", "tensorflow" in sys.modules)
+"""
+
+
+def test_forward_pass_on_jax_backend():
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-c", JAX_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resnet20 (2, 10)" in result.stdout and "resnet50 (2, 1000)" in result.stdout
+    assert "tensorflow imported: False" in result.stdout
