@@ -128,7 +128,7 @@ def build_model(
     stem, _ = STEMS[spec.stem]
     x = stem(x, ctx, preact=preact)
     block = BLOCKS[spec.block]
-    stages = zip(spec.stackwise_num_blocks, spec.stackwise_num_filters, spec.stackwise_strides)
+    stages = zip(spec.stackwise_num_blocks, spec.stackwise_num_filters, spec.stackwise_strides, strict=True)
     for stage, (num_blocks, filters, stride) in enumerate(stages, start=2):
         for i in range(1, num_blocks + 1):
             x = block(

@@ -57,7 +57,7 @@ SPECS = {
 
 def available():
     """Registered model names, e.g. ['plain110', ..., 'resnet56', ...]."""
-    return sorted(SPECS, key=lambda n: (n.rstrip("0123456789"), int(n.lstrip("plainresnet"))))
+    return sorted(SPECS, key=lambda n: (not SPECS[n].residual, SPECS[n].depth))
 
 
 def get_spec(model_name, shortcut=None, variant=None):

@@ -7,7 +7,6 @@ He-normal init, BN after every conv.
 
 import dataclasses
 
-import keras
 from keras import layers
 
 # keras.applications' ResNet epsilon: keeping it makes converted weights exact.
