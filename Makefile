@@ -28,5 +28,10 @@ test: lint
 test-fast: venv
 	$(BIN)/python -m pytest -m "not slow"
 
+# The main job end to end on data that ships inside scikit-learn: train ResNet-20 on the CPU, export, show where.
+demo: venv
+	rm -rf runs/demo
+	$(BIN)/python -m trainers.demo --model-dir runs/demo --export-dir saved_models
+
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info

@@ -220,3 +220,60 @@ def export_saved_model(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def export_model_dir(model_dir, export_dir=None, checkpoint=None):
+    """Rebuild the network a trainer left in `model_dir`, restore its last checkpoint, export it."""
+    from trainers import config as config_lib
+    from trainers.engine import build_model
+
+    config_path = os.path.join(model_dir, "config.json")
+    if not os.path.exists(config_path):
+        raise ValueError(
+            f"{model_dir} has no config.json: it is not a trainer's --model-dir "
+            "(expected config.json, normalization.npz and checkpoints/ from python -m trainers.cifar10/imagenet)."
+        )
+    config = config_lib.read(config_path)
+    norm = np.load(os.path.join(model_dir, "normalization.npz"))
+    checkpoint = checkpoint or tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    if checkpoint is None:
+        raise ValueError(f"{model_dir}/checkpoints holds no checkpoint yet: train first, then export.")
+    keras.mixed_precision.set_global_policy("float32")
+    model = build_model(config, config.num_classes)
+    tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial()
+    return export_saved_model(
+        model,
+        export_dir or config.export_dir,
+        config.model,
+        image_size=config.image_size,
+        mean=norm["mean"],
+        logits=True,
+        class_names=[str(c) for c in norm["class_names"]],
+        resize="central_crop" if config.augment in ("scale", "inception") else "stretch",
+    )
+
+
+def main(argv=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m trainers.export",
+        description="Export a trained --model-dir as a TF Serving SavedModel (<export-dir>/<model>/<next version>).",
+    )
+    parser.add_argument("--model-dir", required=True, help="the trainer's --model-dir")
+    parser.add_argument("--export-dir", default=None, help="SavedModel root (default: the run's --export-dir)")
+    parser.add_argument("--checkpoint", default=None, help="a checkpoint prefix (default: the latest)")
+    args = parser.parse_args(argv)
+    try:
+        path = export_model_dir(args.model_dir, args.export_dir, args.checkpoint)
+    except ValueError as error:
+        print(f"error: {error}")
+        return 2
+    print(f"SavedModel: {path}\nCheck it:   saved_model_cli show --dir {path} --all")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

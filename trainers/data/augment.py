@@ -1,0 +1,152 @@
+"""Decoding, training augmentation and evaluation preprocessing of single images.
+
+All randomness is stateless and seeded per example, so a rerun (or a resumed epoch) sees the same crops
+however many threads tf.data uses. Images come out float32 RGB in 0..255; the engine normalises.
+"""
+
+import tensorflow as tf
+
+AUGMENTATIONS = ("cifar", "pad_crop", "scale", "inception", "none")
+CIFAR_PAD = 4
+EVAL_RATIO = 256 / 224
+SCALE_RANGE = (256, 480)  # shorter side at image_size 224, He et al. (2015) section 3.4
+INCEPTION_AREA = (0.05, 1.0)
+INCEPTION_ASPECT = (0.75, 1.33)
+INCEPTION_MIN_COVERED = 0.1
+INCEPTION_ATTEMPTS = 100
+
+
+def eval_short_side(image_size):
+    """Shorter side before the central crop: 256 for 224, scaled for other sizes."""
+    return round(image_size * EVAL_RATIO)
+
+
+def decode(data):
+    """Any of JPEG, PNG, GIF, BMP to uint8 RGB; grayscale and CMYK are converted."""
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def resize(image, size):
+    """Resize to size x size, skipping interpolation when the image already has that size (CIFAR)."""
+    shape = tf.shape(image)
+    same = tf.equal(shape[0], size) & tf.equal(shape[1], size)
+    image = tf.cond(same, lambda: tf.cast(image, tf.float32), lambda: tf.image.resize(image, [size, size]))
+    return tf.ensure_shape(image, [size, size, 3])
+
+
+def resize_shorter(image, side):
+    """Resize so the shorter side is `side`, keeping the aspect ratio."""
+    hw = tf.cast(tf.shape(image)[:2], tf.float32)
+    side_f = tf.cast(side, tf.float32)
+    new_hw = tf.maximum(tf.cast(tf.round(hw * side_f / tf.reduce_min(hw)), tf.int32), side)
+    same = tf.reduce_all(tf.equal(new_hw, tf.shape(image)[:2]))
+    return tf.cond(same, lambda: tf.cast(image, tf.float32), lambda: tf.image.resize(image, new_hw))
+
+
+def center_crop(image, size):
+    """The central size x size window."""
+    shape = tf.shape(image)
+    top, left = (shape[0] - size) // 2, (shape[1] - size) // 2
+    return tf.ensure_shape(image[top : top + size, left : left + size], [size, size, 3])
+
+
+def _random_crop(image, size, seed):
+    return tf.image.stateless_random_crop(image, [size, size, 3], seed=seed)
+
+
+def _bbox_or_empty(bbox):
+    """Boxes as [1, n, 4] (ymin, xmin, ymax, xmax) clipped into the image, the layout sample_* wants."""
+    bbox = tf.clip_by_value(tf.reshape(tf.cast(bbox, tf.float32), [-1, 4]), 0.0, 1.0)
+    low = tf.minimum(bbox[:, :2], bbox[:, 2:])
+    high = tf.maximum(bbox[:, :2], bbox[:, 2:])
+    return tf.concat([low, high], axis=1)[tf.newaxis]
+
+
+def _inception_window(shape, bbox, seed):
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape,
+        bounding_boxes=_bbox_or_empty(bbox),
+        seed=seed,
+        min_object_covered=INCEPTION_MIN_COVERED,
+        aspect_ratio_range=INCEPTION_ASPECT,
+        area_range=INCEPTION_AREA,
+        max_attempts=INCEPTION_ATTEMPTS,
+        use_image_if_no_bounding_boxes=True,
+    )
+    return begin, size
+
+
+def _inception_crop(example, seed):
+    """Random area/aspect crop; decodes only the crop window when the bytes are JPEG."""
+
+    def crop_decoded(image):
+        begin, size = _inception_window(tf.shape(image), example["bbox"], seed)
+        return tf.slice(image, begin, size)
+
+    if "image" in example:
+        return crop_decoded(example["image"])
+    data = example["data"]
+
+    def fused():
+        begin, size = _inception_window(tf.io.extract_jpeg_shape(data), example["bbox"], seed)
+        window = tf.stack([begin[0], begin[1], size[0], size[1]])
+        return tf.io.decode_and_crop_jpeg(data, window, channels=3)
+
+    image = tf.cond(tf.io.is_jpeg(data), fused, lambda: crop_decoded(decode(data)))
+    image.set_shape([None, None, 3])
+    return image
+
+
+def _pixels(example):
+    return example["image"] if "image" in example else decode(example["data"])
+
+
+def train_image(example, mode, image_size, seed):
+    """One augmented training image float32 [image_size, image_size, 3].
+
+    `example` has "data" (encoded bytes) or "image" (uint8 HWC), and "bbox" ([n, 4], maybe empty).
+    """
+    crop_seed, flip_seed, side_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    if mode == "inception":
+        image = _inception_crop(example, crop_seed)
+        return resize(tf.image.stateless_random_flip_left_right(image, flip_seed), image_size)
+    image = _pixels(example)
+    if mode in ("cifar", "pad_crop"):
+        image = resize(image, image_size)
+        image = tf.pad(image, [[CIFAR_PAD, CIFAR_PAD], [CIFAR_PAD, CIFAR_PAD], [0, 0]])
+        image = _random_crop(image, image_size, crop_seed)
+        if mode == "cifar":
+            image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+        return image
+    if mode == "scale":
+        low, high = (round(side * image_size / 224) for side in SCALE_RANGE)
+        side = tf.random.stateless_uniform([], side_seed, low, high + 1, dtype=tf.int32)
+        image = _random_crop(resize_shorter(image, side), image_size, crop_seed)
+        return tf.image.stateless_random_flip_left_right(image, flip_seed)
+    if mode == "none":
+        return resize(image, image_size)
+    raise ValueError(f"Unknown augment {mode!r}. Valid choices: {', '.join(map(repr, AUGMENTATIONS))}")
+
+
+def eval_image(example, mode, image_size):
+    """Deterministic evaluation preprocessing matching the training augmentation's scale."""
+    image = _pixels(example)
+    if mode in ("scale", "inception"):
+        return center_crop(resize_shorter(image, eval_short_side(image_size)), image_size)
+    return resize(image, image_size)
+
+
+def ten_crop(image, image_size):
+    """Four corners and centre, and their mirror images: the paper's 10-crop testing, [10, s, s, 3].
+
+    `image` is uint8 or float HWC of any size; it is first resized to the evaluation shorter side.
+    """
+    image = resize_shorter(image, eval_short_side(image_size))
+    shape = tf.shape(image)
+    bottom, right = shape[0] - image_size, shape[1] - image_size
+    offsets = [(0, 0), (0, right), (bottom, 0), (bottom, right), (bottom // 2, right // 2)]
+    crops = tf.stack([image[y : y + image_size, x : x + image_size] for y, x in offsets])
+    crops = tf.ensure_shape(crops, [5, image_size, image_size, 3])
+    return tf.concat([crops, tf.reverse(crops, axis=[2])], axis=0)

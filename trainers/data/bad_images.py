@@ -1,0 +1,81 @@
+"""Bookkeeping for images the pipelines had to skip.
+
+Corrupt files are skipped so one bad JPEG cannot kill a week-long run, but they are counted and named,
+because a pipeline that silently drops a fifth of ImageNet trains a worse model without telling anyone.
+"""
+
+import logging
+import threading
+
+from trainers.data.errors import DataError
+
+LOGGER_NAME = "trainers.data"
+MAX_NAMES = 10
+BAD_FRACTION = 0.01
+# Fail mid-epoch only when the evidence is overwhelming: enough images seen, and far above the threshold.
+EARLY_MIN_SEEN = 1000
+EARLY_FACTOR = 3
+
+
+class BadImages:
+    """Counts skipped images of one source, across all of its datasets and epochs.
+
+    The pipelines call `record` and `note_good` from tf.py_function, possibly on several threads at once.
+    """
+
+    def __init__(self, source, threshold=BAD_FRACTION):
+        self.source = source
+        self.threshold = threshold
+        self.count = 0
+        self.seen = 0
+        self.names = []
+        self._lock = threading.Lock()
+        self._log = logging.getLogger(LOGGER_NAME)
+
+    def __repr__(self):
+        return f"BadImages({self.source!r}: {self.count} bad of {self.seen} seen, first {self.names})"
+
+    @property
+    def fraction(self):
+        return self.count / self.seen if self.seen else 0.0
+
+    def note_good(self, n):
+        """Adds n images that decoded fine; returns n so tf.py_function has an output to depend on."""
+        n = int(n)
+        with self._lock:
+            self.seen += n
+        return n
+
+    def record(self, names, count=None):
+        """Adds skipped images; `count` may exceed len(names) when only a few could be named.
+
+        Raises DataError early when the bad fraction is already far above the threshold: no point in
+        finishing an epoch on a data set that is mostly broken.
+        """
+        count = len(names) if count is None else int(count)
+        with self._lock:
+            self.count += count
+            self.seen += count
+            room = MAX_NAMES - len(self.names)
+            self.names.extend(names[: max(room, 0)])
+            totals = (self.count, self.seen)
+        for name in names:
+            self._log.warning("%s: skipped unreadable image %s (%d bad of %d seen)", self.source, name, *totals)
+        if count > len(names):
+            self._log.warning("%s: skipped %d more unreadable images", self.source, count - len(names))
+        if totals[1] >= EARLY_MIN_SEEN and totals[0] > EARLY_FACTOR * self.threshold * totals[1]:
+            raise DataError(self.message())
+
+    def message(self):
+        return (
+            f"{self.source}: {self.count} of {self.seen} images ({self.fraction:.1%}) could not be decoded, "
+            f"more than the {self.threshold:.0%} allowed; first bad: {', '.join(self.names)}. "
+            "Re-create or delete the broken files (zero bytes, truncated or not an image)."
+        )
+
+    def check(self):
+        """Raises DataError when more than `threshold` of the images seen so far were bad."""
+        with self._lock:
+            too_many = self.count > self.threshold * self.seen
+        if too_many:
+            raise DataError(self.message())

@@ -1,0 +1,142 @@
+"""What every data source offers the training engine, and the checks common to all of them."""
+
+import dataclasses
+
+import tensorflow as tf
+
+from trainers.data import pipeline
+from trainers.data.augment import AUGMENTATIONS
+from trainers.data.bad_images import BadImages
+from trainers.data.errors import DataError
+
+SPLITS = ("train", "validation")
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """What a source needs to list one epoch of one input pipeline."""
+
+    split: str
+    training: bool
+    image_size: int
+    shuffle_seed: int
+    num_pipelines: int
+    pipeline_id: int
+
+
+def class_names_for(found, num_classes, spec):
+    """The found class names, padded when the caller asked for a bigger head; too few is an error."""
+    if num_classes is None:
+        return list(found)
+    if num_classes < len(found):
+        raise DataError(
+            f"{spec}: found {len(found)} classes but num_classes={num_classes}; labels would be out of "
+            f"range. Pass num_classes={len(found)} or more."
+        )
+    return list(found) + [f"class_{i}" for i in range(len(found), num_classes)]
+
+
+def _positive_int(value, what):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be a positive int, got {value!r}")
+
+
+class Source:
+    """A labelled image data set with a train and a validation split.
+
+    Subclasses set num_classes and class_names and implement _stream (and _count).
+    """
+
+    label_hint = "labels must lie in 0..num_classes-1"
+
+    def __init__(self, spec, class_names):
+        self.spec = spec
+        self.class_names = list(class_names)
+        self.num_classes = len(self.class_names)
+        self.bad_images = BadImages(spec)
+        self._counts = {}
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.spec!r}: {self.num_classes} classes>"
+
+    def _check_split(self, split):
+        if split not in SPLITS:
+            raise DataError(f"Unknown split {split!r}. Valid choices: {', '.join(map(repr, SPLITS))}")
+
+    def num_examples(self, split):
+        """Examples in `split` (before any bad ones are skipped); counted once where it has to be."""
+        self._check_split(split)
+        if split not in self._counts:
+            self._counts[split] = int(self._count(split))
+        return self._counts[split]
+
+    def _count(self, split):
+        raise NotImplementedError
+
+    def _stream(self, request):
+        raise NotImplementedError
+
+    def _require(self, split):
+        """Raises DataError when `split` has no data at all; sources override when counting is costly."""
+        if self.num_examples(split) == 0:
+            raise DataError(f"{self.spec}: the {split} split is empty; pass validation_split to hold some out.")
+
+    def dataset(
+        self,
+        split,
+        *,
+        global_batch_size,
+        image_size,
+        augment,
+        training,
+        seed=0,
+        epoch=0,
+        skip_batches=0,
+        input_context=None,
+    ):
+        """One epoch of (images float32 [b, s, s, 3] in 0..255 RGB, labels int32 [b]).
+
+        b is the per-replica batch when input_context is given (distribute_datasets_from_function), and
+        then only this input pipeline's share of the data is read. skip_batches counts global batches
+        (training steps) already done this epoch, so resuming skips the same examples with any number of
+        replicas or pipelines; skipped elements are never read or decoded.
+        """
+        self._check_split(split)
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"Unknown augment {augment!r}. Valid choices: {', '.join(map(repr, AUGMENTATIONS))}")
+        _positive_int(global_batch_size, "global_batch_size")
+        _positive_int(image_size, "image_size")
+        if isinstance(skip_batches, bool) or not isinstance(skip_batches, int) or skip_batches < 0:
+            raise ValueError(f"skip_batches must be an int >= 0, got {skip_batches!r}")
+        self._require(split)
+        pipelines, pipeline_id = 1, 0
+        batch_size = global_batch_size
+        if input_context is not None:
+            pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
+            batch_size = input_context.get_per_replica_batch_size(global_batch_size)
+        request = Request(
+            split=split,
+            training=bool(training),
+            image_size=image_size,
+            shuffle_seed=pipeline.derive_seed(seed, epoch, "shuffle"),
+            num_pipelines=pipelines,
+            pipeline_id=pipeline_id,
+        )
+        ds = pipeline.build(
+            self._stream(request),
+            bad_images=self.bad_images,
+            batch_size=batch_size,
+            image_size=image_size,
+            augment=augment,
+            training=bool(training),
+            aug_seed=pipeline.derive_seed(seed, epoch, pipeline_id, split, "augment"),
+            skip=skip_batches * global_batch_size // pipelines,
+            num_classes=self.num_classes,
+            label_hint=self.label_hint,
+        )
+        if input_context is not None:
+            # Already sharded here; tf.distribute must not shard a second time.
+            options = tf.data.Options()
+            options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+            ds = ds.with_options(options)
+        return ds

@@ -1,0 +1,122 @@
+"""Folders of class subfolders, the layout of ImageNet's train/ after extraction.
+
+Files are listed once at open time; each epoch shuffles the list in NumPy, so a resumed epoch can skip file
+names instead of decoded images, and a file that fails to decode can still be named.
+"""
+
+import logging
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from trainers.data.bad_images import BAD_FRACTION, LOGGER_NAME, MAX_NAMES
+from trainers.data.base import Source, class_names_for
+from trainers.data.errors import DataError
+from trainers.data.pipeline import Stream
+from trainers.data.splits import epoch_order, holdout_count, split_indices
+from trainers.data.validity import file_looks_decodable
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+VALIDATION_DIRS = ("validation", "val")
+SCAN_SAMPLE = 2000  # files whose bytes are checked at open time, to refuse a mostly broken folder at once
+LAYOUT = (
+    "expected DIR/<class_name>/<image>.jpg (or .jpeg/.png), "
+    "like ImageNet's train/n01440764/n01440764_10026.JPEG; "
+    "optionally split as DIR/train/<class_name>/... and DIR/validation/<class_name>/... (or DIR/val/...)"
+)
+
+
+def _subdirs(path):
+    return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
+
+
+def _images_in(path):
+    return sorted(e.path for e in os.scandir(path) if e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES))
+
+
+def _list_classes(root, spec):
+    """(class names, file paths, labels) of one split folder, with errors that show the layout."""
+    classes = _subdirs(root)
+    if not classes:
+        loose = len(_images_in(root))
+        found = f"{loose} images directly in it" if loose else "nothing usable in it"
+        raise DataError(f"{spec}: {root} has no class subfolders ({found}); {LAYOUT}")
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        files = _images_in(os.path.join(root, name))
+        paths += files
+        labels += [label] * len(files)
+    if not paths:
+        raise DataError(
+            f"{spec}: no {'/'.join(IMAGE_SUFFIXES)} images in the {len(classes)} class subfolders of {root} "
+            f"(first: {classes[0]!r}); {LAYOUT}"
+        )
+    return classes, paths, labels
+
+
+def _scan(paths, spec, seed):
+    """Refuses the folder now, not an epoch later, when a sample of its files is mostly unreadable."""
+    if len(paths) > SCAN_SAMPLE:
+        sample = np.sort(np.random.default_rng(seed).choice(len(paths), SCAN_SAMPLE, replace=False))
+        paths = [paths[i] for i in sample]
+    bad = [p for p in paths if not file_looks_decodable(p)]
+    if len(bad) > BAD_FRACTION * len(paths):
+        raise DataError(
+            f"{spec}: {len(bad)} of {len(paths)} checked images ({len(bad) / len(paths):.1%}) are empty, "
+            f"truncated or not images, more than the {BAD_FRACTION:.0%} allowed; first bad: "
+            f"{', '.join(bad[:MAX_NAMES])}"
+        )
+    if bad:
+        logging.getLogger(LOGGER_NAME).warning("%s: %d unreadable images will be skipped: %s", spec, len(bad), bad)
+
+
+class FolderSource(Source):
+    """DIR/<class>/<image>; labels are the class folders' alphabetical positions."""
+
+    label_hint = "labels come from the alphabetical order of the class folders"
+
+    def __init__(self, root, *, validation_split=0, num_classes=None, seed=0):
+        spec = f"folder:{root}"
+        if not os.path.exists(root):
+            raise DataError(f"{spec}: {root} does not exist; {LAYOUT}")
+        if not os.path.isdir(root):
+            raise DataError(f"{spec}: {root} is not a directory; {LAYOUT}")
+        val_dir = next((os.path.join(root, d) for d in VALIDATION_DIRS if os.path.isdir(os.path.join(root, d))), None)
+        train_dir = os.path.join(root, "train")
+        split_layout = os.path.isdir(train_dir) and set(_subdirs(root)) <= {"train", "test", *VALIDATION_DIRS}
+        if split_layout and val_dir:
+            classes, train_paths, train_labels = _list_classes(train_dir, spec)
+            val_classes, val_paths, val_labels = _list_classes(val_dir, spec)
+            unknown = sorted(set(val_classes) - set(classes))
+            if unknown:
+                raise DataError(f"{spec}: {val_dir} has classes missing from {train_dir}: {unknown[:5]}; {LAYOUT}")
+            index = {name: i for i, name in enumerate(classes)}
+            val_labels = [index[val_classes[label]] for label in val_labels]
+            self._files = {
+                "train": (np.array(train_paths, dtype=object), np.array(train_labels, np.int64)),
+                "validation": (np.array(val_paths, dtype=object), np.array(val_labels, np.int64)),
+            }
+        else:
+            classes, paths, labels = _list_classes(train_dir if split_layout else root, spec)
+            paths, labels = np.array(paths, dtype=object), np.array(labels, np.int64)
+            holdout = holdout_count(validation_split, len(paths), spec)
+            train, validation = split_indices(len(paths), holdout, seed)
+            self._files = {split: (paths[i], labels[i]) for split, i in (("train", train), ("validation", validation))}
+        super().__init__(spec, class_names_for(classes, num_classes, spec))
+        _scan([p for files, _ in self._files.values() for p in files], spec, seed)
+
+    def _count(self, split):
+        return len(self._files[split][0])
+
+    def _stream(self, request):
+        paths, labels = self._files[request.split]
+        order = epoch_order(len(paths), request)
+        paths, labels = paths[order], labels[order]
+
+        def parse(item):
+            path, label = item
+            return {"data": tf.io.read_file(path), "label": label, "name": path, "bbox": tf.zeros([0, 4])}
+
+        elements = tf.data.Dataset.from_tensor_slices((paths.astype(str), labels))
+        return Stream(elements, parse, lambda i: str(paths[i]))

@@ -1,0 +1,42 @@
+"""Hold-out splits and per-epoch orders of in-memory lists (digits, synthetic, folders)."""
+
+import numbers
+
+import numpy as np
+
+from trainers.data.errors import DataError
+
+
+def holdout_count(validation_split, total, spec, default=0):
+    """Examples to hold out: an int count, or a fraction in (0, 1); 0 means `default`."""
+    if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real) or validation_split < 0:
+        raise DataError(
+            f"{spec}: validation_split must be a count >= 0 or a fraction in (0, 1), got {validation_split!r}"
+        )
+    if validation_split == 0:
+        count = default
+    elif validation_split < 1:
+        count = round(validation_split * total)
+    elif float(validation_split).is_integer():
+        count = int(validation_split)
+    else:
+        raise DataError(f"{spec}: validation_split {validation_split!r} is neither a count nor a fraction below 1")
+    if count >= total:
+        raise DataError(f"{spec}: cannot hold out {count} of only {total} examples for validation")
+    return count
+
+
+def split_indices(total, holdout, seed):
+    """(train, validation) index arrays: the last `holdout` of a seeded shuffle, each kept in order."""
+    order = np.random.default_rng(seed).permutation(total)
+    cut = total - holdout
+    return np.sort(order[:cut]), np.sort(order[cut:])
+
+
+def epoch_order(count, request):
+    """Positions this pipeline reads this epoch: all shuffled alike (same seed on every worker), then dealt
+    out round-robin, so the pipelines' shares are disjoint and together cover the split."""
+    order = np.arange(count)
+    if request.training:
+        order = np.random.default_rng(request.shuffle_seed).permutation(count)
+    return order[request.pipeline_id :: request.num_pipelines]

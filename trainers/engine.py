@@ -1,0 +1,402 @@
+"""One custom training loop for every strategy (Mirrored, MultiWorkerMirrored, TPU).
+
+Keras 3.15's `model.fit` breaks under MultiWorkerMirroredStrategy (keras-team/keras#20585), so
+this is the Model Garden's shape: `strategy.run` + `GradientTape` + a Keras optimizer.
+"""
+
+import dataclasses
+import json
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import keras_resnet
+from trainers import config as config_lib
+from trainers import data, schedules
+from trainers.logs import Board, log
+from trainers.strategy import make_strategy
+
+POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+IMAGENET_MEAN = np.array([123.68, 116.78, 103.94], np.float32)  # Model Garden's RGB means
+MEAN_IMAGES = 10000  # images averaged for the per-pixel mean
+
+
+def default_model_dir(recipe_name, config):
+    """Deterministic, so rerunning the same command finds its checkpoints and resumes."""
+    return os.path.join("runs", f"{recipe_name}-{config.model}-{config.data.replace(':', '_').replace('/', '_')}")
+
+
+def compute_mean(config, source):
+    """The paper's per-pixel mean (CIFAR) or the ImageNet RGB means; kept in model_dir for resume/export."""
+    if config.mean == "none":
+        return np.zeros((3,), np.float32)
+    if config.mean == "rgb":
+        return IMAGENET_MEAN
+    images = source.dataset(
+        "train", global_batch_size=256, image_size=config.image_size, augment="none", training=False, seed=config.seed
+    )
+    total, count = 0.0, 0
+    for batch, _ in images:
+        total = total + tf.reduce_sum(batch, axis=0).numpy().astype(np.float64)
+        count += int(batch.shape[0])
+        if count >= MEAN_IMAGES:
+            break
+    if not count:
+        raise data.DataError(f"{config.data}: no readable training images to compute the mean from.")
+    return (total / count).astype(np.float32)
+
+
+def build_model(config, num_classes):
+    model = keras_resnet.build(
+        config.model,
+        classes=num_classes,
+        classifier_activation=None,
+        input_shape=(config.image_size, config.image_size, 3),
+        shortcut=config.shortcut,
+        variant=config.variant,
+        zero_init_residual=config.zero_init_residual,
+    )
+    if config.sync_bn:
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.synchronized = True
+    return model
+
+
+def decayed(model, config):
+    """Variables under weight decay: all, or (--no-bn-decay) conv/dense kernels only."""
+    if config.bn_decay:
+        return list(model.trainable_variables)
+    return [v for v in model.trainable_variables if len(v.shape) > 1]
+
+
+class Trainer:
+    def __init__(self, config, recipe_name="train"):
+        self.config = config
+        self.strategy = make_strategy(config.gpus, config.cpu_replicas)  # before anything touches TF devices
+        keras.mixed_precision.set_global_policy(POLICIES[config.precision])
+        keras.utils.set_random_seed(config.seed)
+        self.model_dir = config.model_dir or default_model_dir(recipe_name, config)
+        config.model_dir = self.model_dir
+        self.chief = _is_chief(self.strategy)
+        os.makedirs(self.model_dir, exist_ok=True)
+        self.source = data.open_source(
+            config.data,
+            data_dir=config.data_dir,
+            validation_split=config.validation_split,
+            num_classes=config.num_classes,
+            seed=config.seed,
+        )
+        self.num_classes = config.num_classes or self.source.num_classes
+        self.steps_per_epoch = self.source.num_examples("train") // config.batch_size
+        if self.steps_per_epoch < 1:
+            raise data.DataError(
+                f"{config.data} has {self.source.num_examples('train')} training images, fewer than one "
+                f"batch of {config.batch_size}: lower --batch-size or add data."
+            )
+        if config.steps is None and config.epochs is None:
+            raise ValueError("Say how long to train: --epochs N or --steps N.")
+        self.total_steps = int(config.steps or round(config.epochs * self.steps_per_epoch))
+        self._save_config()
+        self.mean = self._mean()
+        replicas = self.strategy.num_replicas_in_sync
+        if config.batch_size % replicas:
+            raise ValueError(f"--batch-size {config.batch_size} must divide evenly over {replicas} replicas.")
+        with self.strategy.scope():
+            self.model = build_model(config, self.num_classes)
+            self.schedule = schedules.from_config(config, self.steps_per_epoch, self.total_steps)
+            optimizer = keras.optimizers.SGD(self.schedule, momentum=config.momentum)
+            if config.precision == "fp16":
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            optimizer.build(self.model.trainable_variables)
+            self.optimizer = optimizer
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+            # loss sum, top-1 and top-5 hits, examples so far this epoch: a mid-epoch resume keeps them.
+            self.epoch_totals = tf.Variable(tf.zeros(4, tf.float64), trainable=False, name="epoch_totals")
+        self.decayed = decayed(self.model, config)
+        self.checkpoint = tf.train.Checkpoint(
+            model=self.model, optimizer=self.optimizer, step=self.step, epoch_totals=self.epoch_totals
+        )
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, os.path.join(self.model_dir, "checkpoints"), max_to_keep=config.keep_checkpoints
+        )
+        self.board = Board(os.path.join(self.model_dir, "logs")) if self.chief else None
+        self._train_step = self._make_train_step()
+        self._eval_step = self._make_eval_step()
+
+    # -- set-up ---------------------------------------------------------------------------------------
+    def _save_config(self):
+        path = os.path.join(self.model_dir, "config.json")
+        effective = dataclasses.replace(self.config, num_classes=self.num_classes)
+        if os.path.exists(path):
+            old = config_lib.read(path)
+            for key in ("model", "shortcut", "variant", "image_size", "num_classes"):
+                if getattr(old, key) != getattr(effective, key):
+                    raise ValueError(
+                        f"{self.model_dir} holds a run with {key}={getattr(old, key)!r}, not "
+                        f"{getattr(effective, key)!r}: its checkpoints would not fit. Use another --model-dir."
+                    )
+        if self.chief:
+            config_lib.save(effective, path)
+
+    def _mean(self):
+        path = os.path.join(self.model_dir, "normalization.npz")
+        if os.path.exists(path):
+            return np.load(path)["mean"]
+        mean = compute_mean(self.config, self.source)
+        if self.chief:
+            np.savez(path, mean=mean, class_names=np.array(self.source.class_names[: self.num_classes]))
+        return mean
+
+    # -- steps ----------------------------------------------------------------------------------------
+    def _loss(self, labels, logits):
+        logits = tf.cast(logits, tf.float32)
+        if self.config.label_smoothing:
+            eps = self.config.label_smoothing
+            targets = tf.one_hot(labels, self.num_classes) * (1 - eps) + eps / self.num_classes
+            return tf.nn.softmax_cross_entropy_with_logits(targets, logits)
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+
+    def _hits(self, labels, logits):
+        logits = tf.cast(logits, tf.float32)
+        top1 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, 1), tf.float64))
+        top5 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, min(5, self.num_classes)), tf.float64))
+        return top1, top5
+
+    def _normalize(self, images):
+        return (images - self.mean) / 1.0
+
+    def _make_train_step(self):
+        config, model, optimizer = self.config, self.model, self.optimizer
+        replicas = self.strategy.num_replicas_in_sync
+        wd = config.weight_decay
+
+        def replica_step(images, labels):
+            with tf.GradientTape() as tape:
+                logits = model(self._normalize(images), training=True)
+                per_example = self._loss(labels, logits)
+                loss = tf.nn.compute_average_loss(per_example, global_batch_size=config.batch_size)
+                if wd:
+                    # Caffe's weight decay (grad += wd * w), once per global step: each replica adds 1/N.
+                    loss += wd * tf.add_n([tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in self.decayed]) / replicas
+                scaled = optimizer.scale_loss(loss) if config.precision == "fp16" else loss
+            grads = tape.gradient(scaled, model.trainable_variables)
+            optimizer.apply(grads, model.trainable_variables)
+            top1, top5 = self._hits(labels, logits)
+            size = tf.cast(tf.shape(labels)[0], tf.float64)
+            return tf.stack([tf.reduce_sum(tf.cast(per_example, tf.float64)), top1, top5, size])
+
+        if config.xla:
+            replica_step = tf.function(replica_step, jit_compile=True)
+
+        @tf.function
+        def train_step(batch):
+            sums = self.strategy.run(replica_step, args=batch)
+            self.epoch_totals.assign_add(self.strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None))
+            self.step.assign_add(1)
+
+        return train_step
+
+    def _make_eval_step(self):
+        def replica_step(images, labels):
+            logits = self.model(self._normalize(images), training=False)
+            top1, top5 = self._hits(labels, logits)
+            loss = tf.reduce_sum(tf.cast(self._loss(labels, logits), tf.float64))
+            return tf.stack([loss, top1, top5, tf.cast(tf.shape(labels)[0], tf.float64)])
+
+        @tf.function
+        def eval_step(batch):
+            return self.strategy.reduce(tf.distribute.ReduceOp.SUM, self.strategy.run(replica_step, args=batch), None)
+
+        return eval_step
+
+    # -- loops ----------------------------------------------------------------------------------------
+    def _dataset(self, split, epoch=0, skip=0):
+        config = self.config
+
+        def make(context):
+            return self.source.dataset(
+                split,
+                global_batch_size=config.batch_size,
+                image_size=config.image_size,
+                augment=config.augment,
+                training=split == "train",
+                seed=config.seed,
+                epoch=epoch,
+                skip_batches=skip,
+                input_context=context,
+            )
+
+        return self.strategy.distribute_datasets_from_function(make)
+
+    def evaluate(self):
+        totals = np.zeros(4)
+        for batch in self._dataset("validation"):
+            totals += self._eval_step(batch).numpy()
+        n = max(totals[3], 1)
+        return {"loss": totals[0] / n, "top1": totals[1] / n, "top5": totals[2] / n, "examples": int(totals[3])}
+
+    def fit(self):
+        config = self.config
+        restored = self.manager.restore_or_initialize()
+        start = int(self.step.numpy())
+        if restored:
+            log.info("Resumed from step %d (%s)", start, restored)
+        else:
+            log.info("Starting %s from scratch in %s", config.model, self.model_dir)
+            if self.board:
+                self.board.hparams(config)
+        log.info(
+            "%s on %s: %d replicas (%s), %d steps of batch %d (%d steps/epoch), precision %s",
+            config.model,
+            config.data,
+            self.strategy.num_replicas_in_sync,
+            type(self.strategy).__name__,
+            self.total_steps,
+            config.batch_size,
+            self.steps_per_epoch,
+            config.precision,
+        )
+        history = {}
+        profile = [int(s) for s in config.profile_steps.split(",")] if config.profile_steps else None
+        while int(self.step.numpy()) < self.total_steps:
+            step = int(self.step.numpy())
+            epoch, skip = divmod(step, self.steps_per_epoch)
+            remaining = min(self.steps_per_epoch - skip, self.total_steps - step)
+            history = self._run_epoch(epoch, skip, remaining, profile)
+        final = self.evaluate() if history else {}
+        self.source.bad_images.check()
+        return {"step": int(self.step.numpy()), "validation": final, "model_dir": self.model_dir, **history}
+
+    def _run_epoch(self, epoch, skip, remaining, profile):
+        config = self.config
+        progbar = (
+            keras.utils.Progbar(
+                remaining, stateful_metrics=["loss", "top1", "img/s"], verbose=1 if config.progress else 0
+            )
+            if self.chief
+            else None
+        )
+        log.info("Epoch %d/%d", epoch + 1, -(-self.total_steps // self.steps_per_epoch))
+        t0 = time.perf_counter()
+        try:
+            images_seen, done = self._train_batches(epoch, skip, remaining, profile, progbar, t0)
+        except tf.errors.InvalidArgumentError:
+            self.source.bad_images.check()  # the pipeline stops early on too many bad images: say which
+            raise
+        if done < remaining:
+            log.warning(
+                "Epoch %d ended after %d of %d steps (fewer readable images than counted).", epoch + 1, done, remaining
+            )
+        self.source.bad_images.check()
+        train = self.epoch_totals.numpy()
+        n = max(train[3], 1)
+        summary = {"train_loss": train[0] / n, "train_top1": train[1] / n}
+        step = int(self.step.numpy())
+        end_of_epoch = step % self.steps_per_epoch == 0 or step >= self.total_steps
+        if end_of_epoch:
+            val = self.evaluate()
+            summary.update({"val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"]})
+            if self.board:
+                self.board.scalars(
+                    self.board.validation,
+                    step,
+                    {
+                        "loss": val["loss"],
+                        "top1": val["top1"],
+                        "top5": val["top5"],
+                        "skipped_images": self.source.bad_images.count,
+                    },
+                )
+            self.epoch_totals.assign(tf.zeros(4, tf.float64))
+        self.manager.save(checkpoint_number=step)
+        elapsed = time.perf_counter() - t0
+        log.info(
+            "epoch %d step %d: %s, %.0f img/s, skipped images %d",
+            epoch + 1,
+            step,
+            ", ".join(f"{k} {v:.4f}" for k, v in summary.items()),
+            images_seen / max(elapsed, 1e-9),
+            self.source.bad_images.count,
+        )
+        summary["images_per_second"] = images_seen / max(elapsed, 1e-9)
+        return summary
+
+    def _train_batches(self, epoch, skip, remaining, profile, progbar, t0):
+        config = self.config
+        images_seen, done = 0, 0
+        for batch in self._dataset("train", epoch, skip):
+            if done >= remaining:
+                break
+            if self.board and done == 0 and epoch == 0 and skip == 0:
+                self.board.image_grid(self.strategy.experimental_local_results(batch[0])[0], 0)
+            step = int(self.step.numpy())
+            if profile and step == profile[0]:
+                tf.profiler.experimental.start(os.path.join(self.model_dir, "logs", "profile"))
+            self._train_step(batch)
+            done += 1
+            step += 1
+            if profile and step == profile[-1]:
+                tf.profiler.experimental.stop()
+            images_seen += config.batch_size
+            rate = images_seen / (time.perf_counter() - t0)
+            sums = self.epoch_totals.numpy()
+            n = max(sums[3], 1)
+            if progbar:
+                progbar.update(done, [("loss", sums[0] / n), ("top1", sums[1] / n), ("img/s", rate)])
+            if self.board and (step % config.log_steps == 0 or done == remaining):
+                self.board.scalars(
+                    self.board.train,
+                    step,
+                    {
+                        "loss": sums[0] / n,
+                        "top1": sums[1] / n,
+                        "top5": sums[2] / n,
+                        "learning_rate": float(self.schedule(step - 1)),
+                        "images_per_second": rate,
+                        "skipped_images": self.source.bad_images.count,
+                    },
+                )
+            if config.checkpoint_steps and step % config.checkpoint_steps == 0:
+                self.manager.save(checkpoint_number=step)
+        return images_seen, done
+
+    def export(self):
+        """Export the last checkpoint, the same path as `python -m trainers.export --model-dir`."""
+        from trainers.export import export_model_dir
+
+        path = export_model_dir(self.model_dir, self.config.export_dir)
+        log.info("Exported SavedModel to %s", path)
+        return path
+
+
+def _is_chief(strategy):
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    return resolver.task_type in ("chief", None) or (
+        resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()
+    )
+
+
+def run(config, recipe_name):
+    """Train, evaluate, export; print where everything is."""
+    trainer = Trainer(config, recipe_name)
+    result = trainer.fit()
+    if config.export and trainer.chief:
+        result["saved_model"] = trainer.export()
+    val = result.get("validation", {})
+    print(
+        f"\nDone: {config.model} step {result['step']}, validation top-1 {val.get('top1', float('nan')):.4f} "
+        f"({val.get('examples', 0)} images)"
+    )
+    if result.get("saved_model"):
+        print(f"SavedModel:  {result['saved_model']}")
+    print(f"Checkpoints: {os.path.join(trainer.model_dir, 'checkpoints')}")
+    print(f"TensorBoard: tensorboard --logdir {os.path.join(trainer.model_dir, 'logs')}")
+    with open(os.path.join(trainer.model_dir, "result.json"), "w") as f:
+        json.dump(result, f, indent=2, default=float)
+    return result

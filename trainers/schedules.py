@@ -1,0 +1,77 @@
+"""Learning-rate schedules as serializable Keras schedules (they live in the optimizer's checkpoint)."""
+
+import math
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="trainers")
+class ResNetSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up, an optional constant warm-up lr, then step (/10 at boundaries) or cosine decay.
+
+    The paper's ResNet-110 trick (0.01 until training error < 80 %, ~400 iterations) is the
+    constant warm-up; Goyal et al.'s linear warm-up is the other.
+    """
+
+    def __init__(
+        self, peak_lr, total_steps, boundaries=(), kind="step", warmup_steps=0, constant_lr=None, constant_steps=0
+    ):
+        self.peak_lr = float(peak_lr)
+        self.total_steps = int(total_steps)
+        self.boundaries = [int(b) for b in boundaries]
+        self.kind = kind
+        self.warmup_steps = int(warmup_steps)
+        self.constant_lr = constant_lr
+        self.constant_steps = int(constant_steps) if constant_lr is not None else 0
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        if self.kind == "cosine":
+            start = float(max(self.warmup_steps, self.constant_steps))
+            span = max(1.0, self.total_steps - start)
+            progress = ops.clip((step - start) / span, 0.0, 1.0)
+            lr = 0.5 * self.peak_lr * (1.0 + ops.cos(math.pi * progress))
+        else:
+            drops = sum(ops.cast(step >= b, "float32") for b in self.boundaries) if self.boundaries else 0.0
+            lr = self.peak_lr * ops.power(0.1, drops)
+        if self.warmup_steps:
+            lr = ops.where(step < self.warmup_steps, self.peak_lr * (step + 1) / self.warmup_steps, lr)
+        if self.constant_steps:
+            lr = ops.where(step < self.constant_steps, ops.cast(self.constant_lr, "float32"), lr)
+        return lr
+
+    def get_config(self):
+        return dict(
+            peak_lr=self.peak_lr,
+            total_steps=self.total_steps,
+            boundaries=self.boundaries,
+            kind=self.kind,
+            warmup_steps=self.warmup_steps,
+            constant_lr=self.constant_lr,
+            constant_steps=self.constant_steps,
+        )
+
+
+def from_config(config, steps_per_epoch, total_steps):
+    """The schedule a Config asks for, with 'auto' values resolved."""
+    peak = config.lr * config.batch_size / config.lr_batch
+    if config.decay_epochs:
+        boundaries = [round(e * steps_per_epoch) for e in config.decay_epochs]
+    else:
+        boundaries = list(config.decay_steps or [])
+    warmup_epochs = config.warmup_epochs
+    if warmup_epochs is None:  # auto: only when linear scaling raised the lr
+        warmup_epochs = 5 if config.batch_size > config.lr_batch else 0
+    constant_lr = config.warmup_lr
+    if constant_lr is None and config.model.lower() in ("resnet110", "resnet1202") and config.image_size <= 64:
+        constant_lr = 0.01 * config.batch_size / config.lr_batch
+    return ResNetSchedule(
+        peak,
+        total_steps,
+        boundaries,
+        config.schedule,
+        warmup_steps=round(warmup_epochs * steps_per_epoch),
+        constant_lr=constant_lr,
+        constant_steps=config.warmup_lr_steps,
+    )
