@@ -477,3 +477,13 @@ def test_folder_through_mirrored_strategy_on_two_cpus(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     # 102 good files: 25 per-replica batches of 4, the odd 25th and the last 2 files unused; all were read.
     assert "examples 96 bad 1 seen 103" in done.stdout
+
+
+def test_ten_crop_batch_matches_ten_crop_per_image():
+    side = data.eval_short_side(24)
+    images = tf.random.stateless_uniform([3, side, side, 3], [1, 2], 0, 255)
+    batch = data.ten_crop_batch(images, 24)
+    assert batch.shape == (30, 24, 24, 3)
+    for i in range(3):
+        expected = data.ten_crop(images[i], 24)
+        np.testing.assert_allclose(batch.numpy()[i::3], expected.numpy(), atol=1e-4)

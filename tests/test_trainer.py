@@ -142,7 +142,8 @@ def _free_port():
 
 def test_tensorboard_serves_the_run_scalars(tmp_path):
     model_dir = tmp_path / "run"
-    train(tmp_path, "--steps", "4", "--model-dir", str(model_dir), "--no-export")
+    result = train(tmp_path, "--steps", "4", "--model-dir", str(model_dir), "--no-export", "--ten-crop")
+    assert "val_top1" in result.stderr  # the 10-crop evaluation ran
     port = _free_port()
     board = subprocess.Popen(
         [str(BIN / "tensorboard"), "--logdir", str(model_dir / "logs"), "--host", "127.0.0.1", "--port", str(port)],

@@ -201,10 +201,23 @@ class Trainer:
         return train_step
 
     def _make_eval_step(self):
+        size = self.config.image_size
+
         def replica_step(images, labels):
-            logits = self.model(self._normalize(images), training=False)
+            if self.config.ten_crop:
+                # The paper's 10-crop testing: corners, centre and their mirrors of the 256x256
+                # image; the softmax scores are averaged.
+                crops = data.ten_crop_batch(images, size)  # [10 * b, s, s, 3], crop-major
+                logits = tf.cast(self.model(self._normalize(crops), training=False), tf.float32)
+                probs = tf.reduce_mean(tf.reshape(tf.nn.softmax(logits), [10, tf.shape(labels)[0], -1]), axis=0)
+                logits = tf.math.log(probs + 1e-12)
+                loss = tf.reduce_sum(
+                    tf.cast(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits), tf.float64)
+                )
+            else:
+                logits = self.model(self._normalize(images), training=False)
+                loss = tf.reduce_sum(tf.cast(self._loss(labels, logits), tf.float64))
             top1, top5 = self._hits(labels, logits)
-            loss = tf.reduce_sum(tf.cast(self._loss(labels, logits), tf.float64))
             return tf.stack([loss, top1, top5, tf.cast(tf.shape(labels)[0], tf.float64)])
 
         @tf.function
@@ -214,15 +227,15 @@ class Trainer:
         return eval_step
 
     # -- loops ----------------------------------------------------------------------------------------
-    def _dataset(self, split, epoch=0, skip=0):
+    def _dataset(self, split, epoch=0, skip=0, image_size=None, augment=None):
         config = self.config
 
         def make(context):
             return self.source.dataset(
                 split,
                 global_batch_size=config.batch_size,
-                image_size=config.image_size,
-                augment=config.augment,
+                image_size=image_size or config.image_size,
+                augment=augment or config.augment,
                 training=split == "train",
                 seed=config.seed,
                 epoch=epoch,
@@ -234,7 +247,8 @@ class Trainer:
 
     def evaluate(self):
         totals = np.zeros(4)
-        for batch in self._dataset("validation"):
+        crops = dict(image_size=data.eval_short_side(self.config.image_size), augment="center_square")
+        for batch in self._dataset("validation", **(crops if self.config.ten_crop else {})):
             totals += self._eval_step(batch).numpy()
         n = max(totals[3], 1)
         return {"loss": totals[0] / n, "top1": totals[1] / n, "top5": totals[2] / n, "examples": int(totals[3])}

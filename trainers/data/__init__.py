@@ -9,7 +9,7 @@ unreadable images (source.bad_images), and raises DataError with the expected la
 
 import os
 
-from trainers.data.augment import AUGMENTATIONS, ten_crop
+from trainers.data.augment import AUGMENTATIONS, eval_short_side, ten_crop, ten_crop_batch
 from trainers.data.bad_images import BadImages
 from trainers.data.base import SPLITS, Source
 from trainers.data.errors import DataError
@@ -19,7 +19,18 @@ from trainers.data.tfrecord import TFRecordSource
 
 SPECS = ("tfds:NAME", "tfrecord:DIR", "folder:DIR", "digits", "synthetic")
 
-__all__ = ["AUGMENTATIONS", "SPECS", "SPLITS", "BadImages", "DataError", "Source", "open_source", "ten_crop"]
+__all__ = [
+    "AUGMENTATIONS",
+    "SPECS",
+    "SPLITS",
+    "BadImages",
+    "DataError",
+    "Source",
+    "eval_short_side",
+    "open_source",
+    "ten_crop",
+    "ten_crop_batch",
+]
 
 
 def _directory(kind, rest, data_dir):

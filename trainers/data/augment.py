@@ -6,7 +6,7 @@ however many threads tf.data uses. Images come out float32 RGB in 0..255; the en
 
 import tensorflow as tf
 
-AUGMENTATIONS = ("cifar", "pad_crop", "scale", "inception", "none")
+AUGMENTATIONS = ("cifar", "pad_crop", "scale", "inception", "none", "center_square")
 CIFAR_PAD = 4
 EVAL_RATIO = 256 / 224
 SCALE_RANGE = (256, 480)  # shorter side at image_size 224, He et al. (2015) section 3.4
@@ -127,6 +127,8 @@ def train_image(example, mode, image_size, seed):
         return tf.image.stateless_random_flip_left_right(image, flip_seed)
     if mode == "none":
         return resize(image, image_size)
+    if mode == "center_square":
+        return center_crop(resize_shorter(image, image_size), image_size)
     raise ValueError(f"Unknown augment {mode!r}. Valid choices: {', '.join(map(repr, AUGMENTATIONS))}")
 
 
@@ -135,6 +137,8 @@ def eval_image(example, mode, image_size):
     image = _pixels(example)
     if mode in ("scale", "inception"):
         return center_crop(resize_shorter(image, eval_short_side(image_size)), image_size)
+    if mode == "center_square":  # AlexNet's 256x256 test image, which 10-crop testing cuts up
+        return center_crop(resize_shorter(image, image_size), image_size)
     return resize(image, image_size)
 
 
@@ -150,3 +154,13 @@ def ten_crop(image, image_size):
     crops = tf.stack([image[y : y + image_size, x : x + image_size] for y, x in offsets])
     crops = tf.ensure_shape(crops, [5, image_size, image_size, 3])
     return tf.concat([crops, tf.reverse(crops, axis=[2])], axis=0)
+
+
+def ten_crop_batch(images, image_size):
+    """`ten_crop` for a batch of square test images [b, S, S, 3]: [10 * b, s, s, 3], crop-major."""
+    side = tf.shape(images)[1]
+    far, mid = side - image_size, (side - image_size) // 2
+    offsets = [(0, 0), (0, far), (far, 0), (far, far), (mid, mid)]
+    crops = [images[:, y : y + image_size, x : x + image_size] for y, x in offsets]
+    crops += [tf.reverse(crop, axis=[2]) for crop in crops]
+    return tf.ensure_shape(tf.concat(crops, axis=0), [None, image_size, image_size, 3])
