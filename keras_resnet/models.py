@@ -1,6 +1,7 @@
 """Every network of the paper by name, and the keras.applications-style entry points."""
 
 import dataclasses
+import inspect
 
 from keras_resnet.builder import ResNetSpec, build_model
 
@@ -57,7 +58,7 @@ SPECS = {
 
 def available():
     """Registered model names, e.g. ['plain110', ..., 'resnet56', ...]."""
-    return sorted(SPECS, key=lambda n: (not SPECS[n].residual, SPECS[n].depth))
+    return sorted(SPECS, key=lambda n: (not SPECS[n].residual, SPECS[n].stem != "imagenet", SPECS[n].depth))
 
 
 def get_spec(model_name, shortcut=None, variant=None):
@@ -127,34 +128,11 @@ def build(
 
 
 def _entry_point(model_name):
-    def entry_point(
-        include_top=True,
-        weights=None,
-        input_tensor=None,
-        input_shape=None,
-        pooling=None,
-        classes=None,
-        classifier_activation="softmax",
-        name=None,
-        shortcut=None,
-        variant=None,
-        zero_init_residual=False,
-    ):
-        return build(
-            model_name,
-            include_top=include_top,
-            weights=weights,
-            input_tensor=input_tensor,
-            input_shape=input_shape,
-            pooling=pooling,
-            classes=classes,
-            classifier_activation=classifier_activation,
-            name=name,
-            shortcut=shortcut,
-            variant=variant,
-            zero_init_residual=zero_init_residual,
-        )
+    def entry_point(*args, **kwargs):
+        return build(model_name, *args, **kwargs)
 
+    # build's signature minus `model_name`, so help() and IDEs show keras.applications' arguments.
+    entry_point.__signature__ = inspect.Signature(list(inspect.signature(build).parameters.values())[1:])
     spec = SPECS[model_name]
     kind = "ResNet" if spec.residual else "Plain"
     entry_point.__name__ = entry_point.__qualname__ = f"{kind}{spec.depth}"
