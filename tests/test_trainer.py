@@ -196,3 +196,32 @@ def test_gpus_without_gpus_lists_the_devices(tmp_path):
     assert "--gpus 8 asked for 8 GPUs but TensorFlow found none. Devices found: ['/physical_device:CPU:0']" in (
         result.stderr
     )
+
+
+@pytest.mark.slow
+def test_two_workers_train_with_multi_worker_mirrored_strategy(tmp_path):
+    """The same engine under MultiWorkerMirroredStrategy: two processes on localhost, TF_CONFIG."""
+    ports = [_free_port(), _free_port()]
+    cluster = {"worker": [f"localhost:{port}" for port in ports]}
+    model_dir = tmp_path / "run"
+    processes = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        cmd = [sys.executable, "-m", "trainers.cifar10", *TINY, "--steps", "6", "--model-dir", str(model_dir)]
+        cmd += ["--export-dir", str(tmp_path / "saved")]
+        log = open(tmp_path / f"worker{index}.log", "w")
+        processes.append(
+            subprocess.Popen(cmd, env={**ENV, "TF_CONFIG": tf_config}, cwd=tmp_path, stdout=log, stderr=log)
+        )
+    try:
+        codes = [p.wait(timeout=600) for p in processes]
+    finally:
+        for p in processes:
+            p.kill()
+    logs = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
+    assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    assert "MultiWorkerMirroredStrategy" in logs[0] and "2 replicas" in logs[0]
+    assert json.loads((model_dir / "result.json").read_text())["step"] == 6
+    assert (tmp_path / "saved" / "resnet20" / "1" / "saved_model.pb").exists()
+    assert not list(model_dir.glob(".worker-*"))  # the non-chief's scratch checkpoints are gone
+    assert max(scalars(model_dir / "logs" / "train", "loss")) == 6

@@ -7,6 +7,7 @@ this is the Model Garden's shape: `strategy.run` + `GradientTape` + a Keras opti
 import dataclasses
 import json
 import os
+import shutil
 import time
 
 import keras
@@ -120,9 +121,12 @@ class Trainer:
         self.checkpoint = tf.train.Checkpoint(
             model=self.model, optimizer=self.optimizer, step=self.step, epoch_totals=self.epoch_totals
         )
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(self.model_dir, "checkpoints"), max_to_keep=config.keep_checkpoints
+        # Every worker saves (MultiWorkerMirrored needs all of them to); only the chief's copy is kept.
+        self.checkpoint_dir = os.path.join(self.model_dir, "checkpoints")
+        own_dir = (
+            self.checkpoint_dir if self.chief else os.path.join(self.model_dir, f".worker-{_task_id(self.strategy)}")
         )
+        self.manager = tf.train.CheckpointManager(self.checkpoint, own_dir, max_to_keep=config.keep_checkpoints)
         self.board = Board(os.path.join(self.model_dir, "logs")) if self.chief else None
         self._train_step = self._make_train_step()
         self._eval_step = self._make_eval_step()
@@ -255,7 +259,9 @@ class Trainer:
 
     def fit(self):
         config = self.config
-        restored = self.manager.restore_or_initialize()
+        restored = tf.train.latest_checkpoint(self.checkpoint_dir)
+        if restored:
+            self.checkpoint.restore(restored).assert_existing_objects_matched()
         start = int(self.step.numpy())
         if restored:
             log.info("Resumed from step %d (%s)", start, restored)
@@ -283,6 +289,8 @@ class Trainer:
             history = self._run_epoch(epoch, skip, remaining, profile)
         final = self.evaluate() if history else {}
         self.source.bad_images.check()
+        if not self.chief:
+            shutil.rmtree(self.manager.directory, ignore_errors=True)
         return {"step": int(self.step.numpy()), "validation": final, "model_dir": self.model_dir, **history}
 
     def _run_epoch(self, epoch, skip, remaining, profile):
@@ -387,20 +395,30 @@ class Trainer:
         return path
 
 
-def _is_chief(strategy):
+def _cluster(strategy):
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not resolver.cluster_spec().as_dict():
-        return True
-    return resolver.task_type in ("chief", None) or (
-        resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()
-    )
+        return None, None, {}
+    return resolver.task_type, resolver.task_id, resolver.cluster_spec().as_dict()
+
+
+def _is_chief(strategy):
+    """The chief, or worker 0 of a cluster without one, writes logs, config and checkpoints."""
+    task_type, task_id, cluster = _cluster(strategy)
+    return task_type in (None, "chief") or (task_type == "worker" and task_id == 0 and "chief" not in cluster)
+
+
+def _task_id(strategy):
+    return _cluster(strategy)[1] or 0
 
 
 def run(config, recipe_name):
     """Train, evaluate, export; print where everything is."""
     trainer = Trainer(config, recipe_name)
     result = trainer.fit()
-    if config.export and trainer.chief:
+    if not trainer.chief:
+        return result
+    if config.export:
         result["saved_model"] = trainer.export()
     val = result.get("validation", {})
     print(
