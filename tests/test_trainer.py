@@ -225,3 +225,35 @@ def test_two_workers_train_with_multi_worker_mirrored_strategy(tmp_path):
     assert (tmp_path / "saved" / "resnet20" / "1" / "saved_model.pb").exists()
     assert not list(model_dir.glob(".worker-*"))  # the non-chief's scratch checkpoints are gone
     assert max(scalars(model_dir / "logs" / "train", "loss")) == 6
+
+
+def test_too_many_corrupt_images_stop_the_run_naming_them(tmp_path):
+    for label in ("cat", "dog"):
+        folder = tmp_path / "images" / label
+        folder.mkdir(parents=True)
+        for i in range(30):
+            pixels = np.random.default_rng(i).integers(0, 255, (8, 8, 3), dtype=np.uint8)
+            (folder / f"{i:03d}.jpg").write_bytes(tf.io.encode_jpeg(pixels).numpy())
+    (tmp_path / "images" / "cat" / "000.jpg").write_bytes(b"not a jpeg at all")
+    (tmp_path / "images" / "dog" / "007.jpg").write_bytes(b"")
+    result = train(tmp_path, "--data", f"folder:{tmp_path / 'images'}", "--validation-split", "10", "--steps", "1",
+                   "--model-dir", str(tmp_path / "run"), check=False)  # fmt: skip
+    assert result.returncode == 2
+    assert "error:" in result.stderr and "000.jpg" in result.stderr and "007.jpg" in result.stderr
+
+
+def test_missing_data_folder_shows_the_expected_layout(tmp_path):
+    result = train(
+        tmp_path, "--data", f"folder:{tmp_path / 'nowhere'}", "--model-dir", str(tmp_path / "r"), check=False
+    )
+    assert result.returncode == 2
+    assert "error:" in result.stderr and "<class" in result.stderr
+
+
+def test_fp16_loss_scaling_with_xla_on_two_replicas(tmp_path):
+    model_dir = tmp_path / "run"
+    args = ["--steps", "3", "--cpu-replicas", "2", "--xla", "--precision", "fp16", "--no-export"]
+    result = train(tmp_path, *args, "--model-dir", str(model_dir))
+    assert "precision fp16" in result.stderr
+    losses = scalars(model_dir / "logs" / "train", "loss")
+    assert sorted(losses) == [1, 2, 3] and all(np.isfinite(list(losses.values())))

@@ -171,14 +171,14 @@ class Trainer:
         return top1, top5
 
     def _normalize(self, images):
-        return (images - self.mean) / 1.0
+        return images - self.mean
 
     def _make_train_step(self):
         config, model, optimizer = self.config, self.model, self.optimizer
         replicas = self.strategy.num_replicas_in_sync
         wd = config.weight_decay
 
-        def replica_step(images, labels):
+        def gradients(images, labels):
             with tf.GradientTape() as tape:
                 logits = model(self._normalize(images), training=True)
                 per_example = self._loss(labels, logits)
@@ -188,13 +188,19 @@ class Trainer:
                     loss += wd * tf.add_n([tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in self.decayed]) / replicas
                 scaled = optimizer.scale_loss(loss) if config.precision == "fp16" else loss
             grads = tape.gradient(scaled, model.trainable_variables)
-            optimizer.apply(grads, model.trainable_variables)
             top1, top5 = self._hits(labels, logits)
             size = tf.cast(tf.shape(labels)[0], tf.float64)
-            return tf.stack([tf.reduce_sum(tf.cast(per_example, tf.float64)), top1, top5, size])
+            return grads, tf.stack([tf.reduce_sum(tf.cast(per_example, tf.float64)), top1, top5, size])
 
         if config.xla:
-            replica_step = tf.function(replica_step, jit_compile=True)
+            # Only the replica's own math: the optimizer's cross-replica all-reduce stays outside XLA,
+            # where jit_compile under MirroredStrategy breaks.
+            gradients = tf.function(gradients, jit_compile=True)
+
+        def replica_step(images, labels):
+            grads, sums = gradients(images, labels)
+            optimizer.apply(grads, model.trainable_variables)
+            return sums
 
         @tf.function
         def train_step(batch):
@@ -313,6 +319,7 @@ class Trainer:
             log.warning(
                 "Epoch %d ended after %d of %d steps (fewer readable images than counted).", epoch + 1, done, remaining
             )
+        elapsed = time.perf_counter() - t0  # training only, evaluation excluded
         self.source.bad_images.check()
         train = self.epoch_totals.numpy()
         n = max(train[3], 1)
@@ -335,7 +342,6 @@ class Trainer:
                 )
             self.epoch_totals.assign(tf.zeros(4, tf.float64))
         self.manager.save(checkpoint_number=step)
-        elapsed = time.perf_counter() - t0
         log.info(
             "epoch %d step %d: %s, %.0f img/s, skipped images %d",
             epoch + 1,
