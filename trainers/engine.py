@@ -293,7 +293,9 @@ class Trainer:
             epoch, skip = divmod(step, self.steps_per_epoch)
             remaining = min(self.steps_per_epoch - skip, self.total_steps - step)
             history = self._run_epoch(epoch, skip, remaining, profile)
-        final = self.evaluate() if history else {}
+        if not history:
+            log.info("%s is already trained to step %d: evaluating and exporting only.", self.model_dir, start)
+        final = self.evaluate()
         self.source.bad_images.check()
         if not self.chief:
             shutil.rmtree(self.manager.directory, ignore_errors=True)
