@@ -119,7 +119,11 @@ def build_model(
         x = inputs
     else:
         if not keras.backend.is_keras_tensor(input_tensor):
-            input_tensor = layers.Input(tensor=input_tensor, shape=input_shape, name="images")
+            raise ValueError(
+                "input_tensor must be a symbolic Keras tensor (keras.Input(...) or a layer's output); got "
+                f"{type(input_tensor).__name__} of shape {getattr(input_tensor, 'shape', '?')}. To run the "
+                "model on data, build it first and call model(x)."
+            )
         x = input_tensor
         inputs = keras.utils.get_source_inputs(input_tensor)
         resolve_input_shape(spec, x.shape[1:], include_top, data_format)

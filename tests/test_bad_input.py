@@ -1,5 +1,6 @@
 """Every bad argument gets a ValueError that says what was wrong and what is valid."""
 
+import numpy as np
 import pytest
 
 import keras_resnet
@@ -23,6 +24,10 @@ import keras_resnet
         (lambda: keras_resnet.build("resnet20", data_format="NHWC"), r"Unknown data_format 'NHWC'.*'channels_last'"),
         (lambda: keras_resnet.ResNet20(pooling="mean", include_top=False), r"Unknown pooling 'mean'.*'avg', 'max'"),
         (lambda: keras_resnet.Plain20(shortcut="B"), r"plain network: it has no shortcuts"),
+        (
+            lambda: keras_resnet.ResNet20(input_tensor=np.zeros((1, 32, 32, 3))),
+            r"input_tensor must be a symbolic Keras tensor .*ndarray of shape \(1, 32, 32, 3\)",
+        ),
         (lambda: keras_resnet.ResNet20(variant="v2", zero_init_residual=True), r"v2 .*blocks end in a conv"),
     ],
 )
