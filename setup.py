@@ -5,6 +5,7 @@ from setuptools import find_packages, setup
 # What the trainers need besides TensorFlow itself; the models alone need only Keras.
 TRAINER = [
     "tensorflow-datasets~=4.9",
+    "importlib_resources",  # tfds needs it to download (--download); it does not declare it
     "keras-tuner~=1.4",
     "tensorboard~=2.21.0",  # TF 2.21 no longer pulls it in
     "scikit-learn>=1.3",  # ships the `digits` data the demo trains on

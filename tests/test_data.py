@@ -403,9 +403,21 @@ def test_unknown_tfds_name():
         data.open_source("tfds:cifar11")
 
 
-def test_tfds_without_downloaded_data_says_to_download_or_pass_data_dir(tmp_path):
-    with pytest.raises(DataError, match=r"no prepared data for 'cifar10' in .*download it first.*--data-dir"):
-        data.open_source("tfds:cifar10", data_dir=str(tmp_path))
+@pytest.mark.parametrize("validation_split", [0, 5000])
+def test_tfds_without_downloaded_data_says_to_download_or_pass_data_dir(tmp_path, validation_split):
+    with pytest.raises(DataError, match=r"no prepared data for 'cifar10' in .*Pass --download.*--data-dir DIR"):
+        data.open_source("tfds:cifar10", data_dir=str(tmp_path), validation_split=validation_split)
+
+
+def test_tfds_download_failure_is_a_data_error(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    def offline(self, *args, **kwargs):
+        raise ConnectionError("Failed to resolve 'www.cs.toronto.edu'")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
+    with pytest.raises(DataError, match=r"download failed \(ConnectionError: Failed to resolve.*tfds build"):
+        data.open_source("tfds:cifar10", data_dir=str(tmp_path), download=True)
 
 
 def test_bad_arguments():

@@ -17,6 +17,7 @@ class Config:
     # Data.
     data: str = "synthetic"
     data_dir: str | None = None
+    download: bool = False
     validation_split: int = 0
     image_size: int = 32
     augment: str = "cifar"
@@ -64,6 +65,7 @@ HELP = {
     "sync_bn": "batch statistics over all replicas (exactly a single device's step)",
     "data": "tfds:NAME | tfrecord:DIR | folder:DIR | digits | synthetic",
     "data_dir": "tensorflow-datasets data (and manual) directory",
+    "download": "download a tfds data set that is not prepared yet (needs internet)",
     "validation_split": "hold out this many training images for validation (0: the source's own split)",
     "image_size": "training crop side in pixels",
     "augment": "cifar | pad_crop | scale | inception | none",

@@ -90,6 +90,7 @@ class Trainer:
             validation_split=config.validation_split,
             num_classes=config.num_classes,
             seed=config.seed,
+            download=config.download,
         )
         self.num_classes = config.num_classes or self.source.num_classes
         self.steps_per_epoch = self.source.num_examples("train") // config.batch_size

@@ -41,7 +41,7 @@ def _directory(kind, rest, data_dir):
     return os.path.expanduser(path)
 
 
-def open_source(spec, *, data_dir=None, validation_split=0, num_classes=None, seed=0):
+def open_source(spec, *, data_dir=None, validation_split=0, num_classes=None, seed=0, download=False):
     """The data source named by `spec`, checked enough to fail now rather than hours into training.
 
     validation_split (a count, or a fraction below 1) holds that part of train out for validation: needed
@@ -59,7 +59,12 @@ def open_source(spec, *, data_dir=None, validation_split=0, num_classes=None, se
         from trainers.data.tfds_source import TFDSSource  # importing tensorflow_datasets costs seconds
 
         return TFDSSource(
-            rest, data_dir=data_dir, validation_split=validation_split, num_classes=num_classes, seed=seed
+            rest,
+            data_dir=data_dir,
+            validation_split=validation_split,
+            num_classes=num_classes,
+            seed=seed,
+            download=download,
         )
     if kind == "tfrecord":
         return TFRecordSource(_directory(kind, rest, data_dir), num_classes=num_classes)

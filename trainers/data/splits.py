@@ -22,7 +22,10 @@ def holdout_count(validation_split, total, spec, default=0):
     else:
         raise DataError(f"{spec}: validation_split {validation_split!r} is neither a count nor a fraction below 1")
     if count >= total:
-        raise DataError(f"{spec}: cannot hold out {count} of only {total} examples for validation")
+        raise DataError(
+            f"{spec}: cannot hold out {count} of only {total} examples for validation; "
+            "pass a smaller --validation-split (a count, or a fraction below 1)"
+        )
     return count
 
 

@@ -1,6 +1,7 @@
 """tensorflow-datasets, read with image decoding skipped so bad images are handled like every other source.
 
-Never downloads: training machines are often offline, and a multi-hour download must not hide inside a
+Downloads only when asked (`download=True`, the trainers' --download): training machines are often
+offline, where tfds retries for minutes before failing, and a multi-hour download must not hide inside a
 training run. Data sets that need manual files (imagenet2012) are prepared from data_dir's tarballs.
 """
 
@@ -38,7 +39,7 @@ def _image_and_label_keys(features, spec):
 class TFDSSource(Source):
     """A tensorflow-datasets image classification data set, already prepared in data_dir."""
 
-    def __init__(self, name, *, data_dir=None, validation_split=0, num_classes=None, seed=0):
+    def __init__(self, name, *, data_dir=None, validation_split=0, num_classes=None, seed=0, download=False):
         spec = f"tfds:{name}"
         if not name:
             raise DataError(f"{spec}: give a data set name after 'tfds:', {EXAMPLES}")
@@ -59,17 +60,29 @@ class TFDSSource(Source):
         self._decoders = {self._image_key: tfds.decode.SkipDecoding()}
         super().__init__(spec, class_names_for(features[self._label_key].names, num_classes, spec))
         self._prepare_from_manual_files(data_dir)
-        self._splits = self._split_names(validation_split)
+        if download and not builder.is_prepared():
+            self._download()
         try:
+            self._splits = self._split_names(validation_split)
             builder.as_dataset(split=self._splits["train"], decoders=self._decoders)
         except (AssertionError, FileNotFoundError, tf.errors.NotFoundError) as e:
             where = data_dir or os.path.dirname(os.path.dirname(builder.data_dir))
             raise DataError(
-                f"{spec}: no prepared data for {name!r} in {where} ({_first_line(e)}). Nothing is "
-                f"downloaded at run time: download it first (`tfds build {name} --data_dir DIR` on a "
-                f"machine with internet) and pass --data-dir DIR; for imagenet2012 put "
-                "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in DIR/downloads/manual."
+                f"{spec}: no prepared data for {name!r} in {where} ({_first_line(e)}). Pass --download "
+                f"to fetch it now (needs internet), or prepare it elsewhere (`tfds build {name} --data_dir "
+                "DIR`) and pass --data-dir DIR; for imagenet2012 put ILSVRC2012_img_train.tar and "
+                "ILSVRC2012_img_val.tar in DIR/downloads/manual."
             ) from None
+
+    def _download(self):
+        logging.getLogger(LOGGER_NAME).warning("%s: downloading and preparing (needs internet)", self.spec)
+        try:
+            self._builder.download_and_prepare()
+        except Exception as e:  # network, disk, checksum: all mean "no data"; say which
+            raise DataError(
+                f"{self.spec}: download failed ({type(e).__name__}: {_first_line(e)}). Without internet, "
+                "prepare it elsewhere (`tfds build NAME --data_dir DIR`), copy DIR here and pass --data-dir DIR."
+            ) from e
 
     def _prepare_from_manual_files(self, data_dir):
         """Builds a manual-download data set (imagenet2012) offline from archives found in data_dir."""
