@@ -1,1 +1,5 @@
-"""The training engine: `python -m trainers.cifar10`, `trainers.imagenet`, `trainers.demo`, `trainers.export`, `trainers.benchmark`."""
+"""The training engine.
+
+Entry points: `python -m trainers.cifar10`, `trainers.imagenet`, `trainers.demo`, `trainers.export`,
+`trainers.benchmark`.
+"""
