@@ -142,8 +142,10 @@ def _free_port():
 
 def test_tensorboard_serves_the_run_scalars(tmp_path):
     model_dir = tmp_path / "run"
-    result = train(tmp_path, "--steps", "4", "--model-dir", str(model_dir), "--no-export", "--ten-crop")
+    args = ["--steps", "4", "--model-dir", str(model_dir), "--no-export", "--ten-crop", "--profile-steps", "2,3"]
+    result = train(tmp_path, *args)
     assert "val_top1" in result.stderr  # the 10-crop evaluation ran
+    assert list((model_dir / "logs" / "train" / "plugins" / "profile").glob("*/*.xplane.pb"))
     port = _free_port()
     board = subprocess.Popen(
         [str(BIN / "tensorboard"), "--logdir", str(model_dir / "logs"), "--host", "127.0.0.1", "--port", str(port)],
@@ -265,3 +267,12 @@ def test_benchmark_prints_a_ratio_table(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| fp32 |" in result.stdout and "| 1.00x |" in result.stdout
     assert re.search(r"\| bf16 \| [0-9.]+ \| [0-9.]+x \|", result.stdout)
+
+
+@pytest.mark.parametrize("text", ["3,2", "0", "a,b", "1,2,3"])
+def test_bad_profile_steps_are_refused(text):
+    from trainers.engine import _profile_range
+
+    with pytest.raises(ValueError, match="expected A,B with 1 <= A <= B"):
+        _profile_range(text)
+    assert _profile_range("4") == (4, 4) and _profile_range("2,5") == (2, 5)

@@ -99,6 +99,7 @@ class Trainer:
                 f"{config.data} has {self.source.num_examples('train')} training images, fewer than one "
                 f"batch of {config.batch_size}: lower --batch-size or add data."
             )
+        self.profile = _profile_range(config.profile_steps)  # refuse a bad range before any work
         if config.steps is None and config.epochs is None:
             raise ValueError("Say how long to train: --epochs N or --steps N.")
         self.total_steps = int(config.steps or round(config.epochs * self.steps_per_epoch))
@@ -288,7 +289,7 @@ class Trainer:
             config.precision,
         )
         history = {}
-        profile = [int(s) for s in config.profile_steps.split(",")] if config.profile_steps else None
+        profile = self.profile
         while int(self.step.numpy()) < self.total_steps:
             step = int(self.step.numpy())
             epoch, skip = divmod(step, self.steps_per_epoch)
@@ -365,8 +366,8 @@ class Trainer:
             if self.board and done == 0 and epoch == 0 and skip == 0:
                 self.board.image_grid(self.strategy.experimental_local_results(batch[0])[0], 0)
             step = int(self.step.numpy())
-            if profile and step == profile[0]:
-                tf.profiler.experimental.start(os.path.join(self.model_dir, "logs", "profile"))
+            if profile and step + 1 == profile[0]:
+                tf.profiler.experimental.start(os.path.join(self.model_dir, "logs", "train"))
             self._train_step(batch)
             done += 1
             step += 1
@@ -402,6 +403,19 @@ class Trainer:
         path = export_model_dir(self.model_dir, self.config.export_dir)
         log.info("Exported SavedModel to %s", path)
         return path
+
+
+def _profile_range(text):
+    """--profile-steps "A,B" (or "A"): profile global steps A..B inclusive, counting from 1."""
+    if not text:
+        return None
+    try:
+        steps = [int(v) for v in str(text).split(",")]
+    except ValueError:
+        steps = []
+    if len(steps) not in (1, 2) or steps[0] < 1 or steps[-1] < steps[0]:
+        raise ValueError(f"--profile-steps {text!r}: expected A,B with 1 <= A <= B (e.g. 10,20), or one step A.")
+    return steps[0], steps[-1]
 
 
 def _cluster(strategy):
