@@ -7,7 +7,7 @@ Layer names follow keras.applications: `conv3_block1_1_conv`, `..._0_conv` (proj
 
 from keras import layers
 
-from keras_resnet import ops
+from keras_resnet import nn
 from keras_resnet.shortcuts import shortcut
 
 VARIANTS = ("v1", "v1.5", "v2")
@@ -22,7 +22,7 @@ class Block:
         out_filters = filters * self.expansion
         if variant == "v2":
             # He et al. 2016: BN-ReLU first; a projection reads the activated input.
-            pre = ops.bn_relu(x, f"{name}_preact", ctx)
+            pre = nn.bn_relu(x, f"{name}_preact", ctx)
             y = self.branch(pre, filters, stride, name, ctx, variant)
             if not residual:
                 return layers.Identity(name=f"{name}_out")(y)
@@ -32,21 +32,21 @@ class Block:
         if residual:
             short = shortcut(x, out_filters, stride, option, name, ctx)
             y = layers.Add(name=f"{name}_add")([short, y])
-        return ops.relu(y, f"{name}_out")
+        return nn.relu(y, f"{name}_out")
 
     @staticmethod
     def _last(y, filters, kernel_size, name, ctx, variant):
         """The branch's last conv: BN (zero-init if asked) in v1, bare conv in v2."""
         if variant == "v2":
-            return ops.conv(y, filters, kernel_size, 1, name, ctx)
-        return ops.conv_bn(y, filters, kernel_size, 1, name, ctx, ctx.zero_init_residual)
+            return nn.conv(y, filters, kernel_size, 1, name, ctx)
+        return nn.conv_bn(y, filters, kernel_size, 1, name, ctx, ctx.zero_init_residual)
 
     @staticmethod
     def _inner(y, filters, kernel_size, stride, name, ctx, variant):
         """A conv followed by its activation: conv-BN-ReLU (v1) or conv then BN-ReLU (v2)."""
         if variant == "v2":
-            return ops.bn_relu(ops.conv(y, filters, kernel_size, stride, name, ctx), name, ctx)
-        return ops.conv_bn_relu(y, filters, kernel_size, stride, name, ctx)
+            return nn.bn_relu(nn.conv(y, filters, kernel_size, stride, name, ctx), name, ctx)
+        return nn.conv_bn_relu(y, filters, kernel_size, stride, name, ctx)
 
 
 class BasicBlock(Block):

@@ -6,7 +6,7 @@ import sys
 import keras
 from keras import layers
 
-from keras_resnet import ops
+from keras_resnet import nn
 from keras_resnet.blocks import BLOCKS, VARIANTS
 from keras_resnet.shortcuts import OPTIONS
 from keras_resnet.stems import STEMS
@@ -111,7 +111,7 @@ def build_model(
             "blocks end in a conv with no BN. Use variant='v1' or 'v1.5', or drop zero_init_residual."
         )
     classes = spec.default_classes if classes is None else int(classes)
-    ctx = ops.Context(data_format=data_format, zero_init_residual=zero_init_residual)
+    ctx = nn.Context(data_format=data_format, zero_init_residual=zero_init_residual)
 
     if input_tensor is None:
         shape = resolve_input_shape(spec, input_shape, include_top, data_format)
@@ -146,7 +146,7 @@ def build_model(
                 residual=spec.residual,
             )
     if preact:
-        x = ops.bn_relu(x, "post", ctx)
+        x = nn.bn_relu(x, "post", ctx)
 
     if include_top:
         x = layers.GlobalAveragePooling2D(data_format=data_format, name="avg_pool")(x)

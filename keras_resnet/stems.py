@@ -2,7 +2,7 @@
 
 from keras import layers
 
-from keras_resnet import ops
+from keras_resnet import nn
 
 
 def imagenet_stem(x, ctx, preact=False):
@@ -10,18 +10,18 @@ def imagenet_stem(x, ctx, preact=False):
 
     With `preact` (v2) BN and ReLU move into the first block, as in He et al. 2016.
     """
-    x = ops.conv(x, 64, 7, 2, "conv1", ctx)
+    x = nn.conv(x, 64, 7, 2, "conv1", ctx)
     if not preact:
-        x = ops.relu(ops.bn(x, "conv1", ctx), "conv1_relu")
+        x = nn.relu(nn.bn(x, "conv1", ctx), "conv1_relu")
     x = layers.ZeroPadding2D(1, data_format=ctx.data_format, name="pool1_pad")(x)
     return layers.MaxPooling2D(3, strides=2, data_format=ctx.data_format, name="pool1_pool")(x)
 
 
 def cifar_stem(x, ctx, preact=False):
     """3x3 conv 16, BN, ReLU on a 32x32 input."""
-    x = ops.conv(x, 16, 3, 1, "conv1", ctx)
+    x = nn.conv(x, 16, 3, 1, "conv1", ctx)
     if not preact:
-        x = ops.relu(ops.bn(x, "conv1", ctx), "conv1_relu")
+        x = nn.relu(nn.bn(x, "conv1", ctx), "conv1_relu")
     return x
 
 
