@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+# pytest workers: the suite is mostly single-threaded TF start-up and subprocesses, 2 halve it on 2 cores.
+WORKERS ?= 2
 
 .PHONY: venv test test-fast lint format demo clean
 
@@ -23,10 +25,10 @@ format: venv
 	$(BIN)/ruff check --fix .
 
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(WORKERS)
 
 test-fast: venv
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n $(WORKERS) -m "not slow"
 
 # The main job end to end on data that ships inside scikit-learn: train ResNet-20 on the CPU, export, show where.
 demo: venv

@@ -28,6 +28,14 @@ setup(
     extras_require={
         "cpu": ["tensorflow-cpu~=2.21.0", *TRAINER],
         "gpu": ["tensorflow[and-cuda]~=2.21.0", *TRAINER],
-        "dev": ["tensorflow-cpu~=2.21.0", *TRAINER, "jax[cpu]", "pytest>=8", "pytest-timeout", "ruff==0.17.5"],
+        "dev": [
+            "tensorflow-cpu~=2.21.0",
+            *TRAINER,
+            "jax[cpu]",
+            "pytest>=8",
+            "pytest-timeout",
+            "pytest-xdist",
+            "ruff==0.17.5",
+        ],
     },
 )
