@@ -67,7 +67,7 @@ def conv_bn_relu(x, filters, kernel_size, stride, name, ctx):
 
 
 def bn_relu(x, name, ctx):
-    """Pre-activation (v2): BN then ReLU, named `<name>_bn` / `<name>_relu`."""
+    """BN then ReLU, named `<name>_bn` / `<name>_relu` (stems, and v2 pre-activation)."""
     return relu(bn(x, name, ctx), f"{name}_relu")
 
 

@@ -12,7 +12,7 @@ def imagenet_stem(x, ctx, preact=False):
     """
     x = nn.conv(x, 64, 7, 2, "conv1", ctx)
     if not preact:
-        x = nn.relu(nn.bn(x, "conv1", ctx), "conv1_relu")
+        x = nn.bn_relu(x, "conv1", ctx)
     x = layers.ZeroPadding2D(1, data_format=ctx.data_format, name="pool1_pad")(x)
     return layers.MaxPooling2D(3, strides=2, data_format=ctx.data_format, name="pool1_pool")(x)
 
@@ -21,7 +21,7 @@ def cifar_stem(x, ctx, preact=False):
     """3x3 conv 16, BN, ReLU on a 32x32 input."""
     x = nn.conv(x, 16, 3, 1, "conv1", ctx)
     if not preact:
-        x = nn.relu(nn.bn(x, "conv1", ctx), "conv1_relu")
+        x = nn.bn_relu(x, "conv1", ctx)
     return x
 
 
