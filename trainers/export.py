@@ -225,6 +225,7 @@ def export_saved_model(
 def export_model_dir(model_dir, export_dir=None, checkpoint=None):
     """Rebuild the network a trainer left in `model_dir`, restore its last checkpoint, export it."""
     from trainers import config as config_lib
+    from trainers.data.augment import CENTRAL_CROP_EVAL
     from trainers.engine import build_model
 
     config_path = os.path.join(model_dir, "config.json")
@@ -249,7 +250,7 @@ def export_model_dir(model_dir, export_dir=None, checkpoint=None):
         mean=norm["mean"],
         logits=True,
         class_names=[str(c) for c in norm["class_names"]],
-        resize="central_crop" if config.augment in ("scale", "inception") else "stretch",
+        resize="central_crop" if config.augment in CENTRAL_CROP_EVAL else "stretch",
     )
 
 

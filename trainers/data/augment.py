@@ -7,6 +7,8 @@ however many threads tf.data uses. Images come out float32 RGB in 0..255; the en
 import tensorflow as tf
 
 AUGMENTATIONS = ("cifar", "pad_crop", "scale", "inception", "none", "center_square")
+# Evaluated on a central crop of a shorter-side resize (ImageNet style); the rest are resized whole.
+CENTRAL_CROP_EVAL = ("scale", "inception")
 CIFAR_PAD = 4
 EVAL_RATIO = 256 / 224
 SCALE_RANGE = (256, 480)  # shorter side at image_size 224, He et al. (2015) section 3.4
@@ -135,7 +137,7 @@ def train_image(example, mode, image_size, seed):
 def eval_image(example, mode, image_size):
     """Deterministic evaluation preprocessing matching the training augmentation's scale."""
     image = _pixels(example)
-    if mode in ("scale", "inception"):
+    if mode in CENTRAL_CROP_EVAL:
         return center_crop(resize_shorter(image, eval_short_side(image_size)), image_size)
     if mode == "center_square":  # AlexNet's 256x256 test image, which 10-crop testing cuts up
         return center_crop(resize_shorter(image, image_size), image_size)
