@@ -33,12 +33,10 @@ def make_strategy(gpus=None, cpu_replicas=None):
     if gpus:
         if len(found) < gpus:
             devices = [d.name for d in tf.config.list_physical_devices()]
+            fix = f"Use --gpus {len(found)}" if found else "Install the GPU build (pip install keras_resnet[gpu])"
             raise ValueError(
-                f"--gpus {gpus} asked for {gpus} GPUs but TensorFlow found {len(found)}. "
-                f"Devices found: {devices}. Use --gpus {len(found)} or leave --gpus out to run on the CPU."
-                if found
-                else f"--gpus {gpus} asked for {gpus} GPUs but TensorFlow found none. Devices found: {devices}. "
-                "Install the GPU build (pip install keras_resnet[gpu]) or leave --gpus out to run on the CPU."
+                f"--gpus {gpus} asked for {gpus} GPUs but TensorFlow found {len(found) or 'none'}. "
+                f"Devices found: {devices}. {fix} or leave --gpus out to run on the CPU."
             )
         return tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(gpus)])
     if len(found) > 1:
