@@ -130,7 +130,8 @@ def test_one_corrupt_file_is_skipped_counted_and_named(tmp_path, kind, caplog):
     assert source.num_examples("train") == 3 * GOOD_PER_CLASS + 1
     with caplog.at_level(logging.WARNING, logger="trainers.data"):
         images, labels, sizes = collect(source.dataset("train", global_batch_size=16, **EVAL))
-    assert len(labels) == 3 * GOOD_PER_CLASS and sizes[-1] == len(labels) % 16
+    assert len(labels) == 3 * GOOD_PER_CLASS
+    assert sizes == [16, 16, 15, 16, 16, 16, 7]  # windows of positions; the bad file's (34) is one short
     assert images.shape[1:] == (SIZE, SIZE, 3) and images.dtype == np.float32
     assert np.bincount(labels).tolist() == [GOOD_PER_CLASS] * 3
     bad = source.bad_images
@@ -140,15 +141,63 @@ def test_one_corrupt_file_is_skipped_counted_and_named(tmp_path, kind, caplog):
     bad.check()  # 1 of 103 is under 1 %
 
 
-def test_training_epoch_skips_the_corrupt_file_too(tmp_path):
-    make_folder(tmp_path, bad=[("eel/broken.jpg", _bad_bytes("truncated"))])
+# Both ways a bad file is caught: the cheap byte check, and a decode error (the ignore_errors gap).
+CAUGHT = ["truncated", "garbage_between_markers"]
+# Unshuffled, a folder lists its files sorted: cat/broken.jpg is element 0, before cat/img_000.jpeg.
+EARLY_BAD = "cat/broken.jpg"
+N_FILES = 3 * GOOD_PER_CLASS + 1
+
+
+@pytest.mark.parametrize("kind", CAUGHT)
+@pytest.mark.parametrize("shuffle", [False, None])
+def test_resuming_after_a_corrupt_file_gives_the_same_batches(tmp_path, kind, shuffle):
+    make_folder(tmp_path, bad=[(EARLY_BAD, _bad_bytes(kind))])
     source = data.open_source(f"folder:{tmp_path}")
-    ds = source.dataset("train", global_batch_size=8, image_size=SIZE, augment="cifar", training=True)
-    _, labels, sizes = collect(ds)
-    assert sizes == [8] * (3 * GOOD_PER_CLASS // 8)
-    assert source.bad_images.count == 1 and source.bad_images.names[0].endswith("broken.jpg")
-    assert source.bad_images.seen == 3 * GOOD_PER_CLASS + 1  # the dropped partial batch was read too
+    kwargs = dict(global_batch_size=8, image_size=SIZE, augment="cifar", training=True, epoch=1, shuffle=shuffle)
+    full = list(source.dataset("train", **kwargs))
+    assert len(full) == N_FILES // 8
+    for k in (1, len(full) - 1):  # shuffled, the bad file may sit anywhere: every k must resume exactly
+        rest = list(source.dataset("train", skip_batches=k, **kwargs))
+        assert len(rest) == len(full) - k
+        for (x, y), (x_full, y_full) in zip(rest, full[k:], strict=True):
+            np.testing.assert_array_equal(y.numpy(), y_full.numpy())
+            np.testing.assert_array_equal(x.numpy(), x_full.numpy())
+
+
+@pytest.mark.parametrize("kind", CAUGHT)
+def test_training_epoch_skips_the_corrupt_file_too(tmp_path, kind):
+    make_folder(tmp_path, bad=[(EARLY_BAD, _bad_bytes(kind))])
+    source = data.open_source(f"folder:{tmp_path}")
+    kwargs = dict(global_batch_size=8, image_size=SIZE, augment="cifar", training=True)
+    _, labels, sizes = collect(source.dataset("train", shuffle=False, **kwargs))
+    assert sizes == [7] + [8] * (N_FILES // 8 - 1)  # the bad file's window is one short; no batch is lost
+    assert np.array_equal(labels, np.repeat([0, 1, 2], GOOD_PER_CLASS)[: 8 * (N_FILES // 8) - 1])
+    assert source.bad_images.count == 1 and source.bad_images.names == [str(tmp_path / EARLY_BAD)]
+    assert source.bad_images.seen == N_FILES  # the dropped partial window was read too
+    _, _, sizes = collect(source.dataset("train", epoch=1, **kwargs))  # shuffled: wherever it lands
+    assert len(sizes) == N_FILES // 8 and sum(sizes) >= 8 * len(sizes) - 1
+    assert source.bad_images.count == 2 and source.bad_images.seen == 2 * N_FILES  # once per epoch
     source.bad_images.check()
+
+
+def test_a_window_of_bad_images_only_is_left_out(tmp_path):
+    paths = make_folder(tmp_path, per_class=10)
+    source = data.open_source(f"folder:{tmp_path}")
+    # Windows of 4: [0, 4) fail to decode (all lost to ignore_errors), [4, 8) fail both ways, 9 alone.
+    kinds = {**dict.fromkeys(range(4), "garbage_between_markers"), 4: "truncated", 5: "garbage_between_markers"}
+    kinds.update({6: "truncated", 7: "garbage_between_markers", 9: "garbage_between_markers"})
+    for i, kind in kinds.items():
+        with open(paths[i], "wb") as f:  # broken after opening, so the scan does not refuse the folder
+            f.write(_bad_bytes(kind))
+    for training, expected in ((False, [3, 4, 4, 4, 4, 2]), (True, [3, 4, 4, 4, 4])):
+        kwargs = dict(global_batch_size=4, image_size=SIZE, augment="none", training=training, shuffle=False)
+        _, labels, sizes = collect(source.dataset("train", **kwargs))
+        assert sizes == expected  # no empty batches for the first two windows, and the third is one short
+        kept = [i for i in range(8, 8 + len(expected) * 4) if i != 9 and i < 30]
+        assert np.array_equal(labels, np.repeat([0, 1, 2], 10)[kept])
+    assert source.bad_images.count == 18 and source.bad_images.seen == 60
+    bad = [paths[i] for i in sorted(kinds)]
+    assert source.bad_images.names == bad  # in stream order, each file once though it was read twice
 
 
 def test_folder_over_one_percent_corrupt_is_refused_when_opened(tmp_path):
@@ -195,7 +244,7 @@ def test_tfrecord_shards_skip_the_corrupt_record_and_map_labels_to_zero_based(tm
         x, y, sizes = collect(
             source.dataset("train", global_batch_size=4, image_size=12, augment=augment, training=True)
         )
-        assert x.shape == (8, 12, 12, 3) and sizes == [4, 4]
+        assert x.shape == (11, 12, 12, 3) and sorted(sizes) == [3, 4, 4]  # the bad record's window is short
         x, _, _ = collect(
             source.dataset("validation", global_batch_size=4, image_size=12, augment=augment, training=False)
         )
@@ -273,6 +322,8 @@ def test_training_drops_the_remainder_and_evaluation_keeps_it():
     assert sizes == [100, 100, 56]
     ds = source.dataset("validation", global_batch_size=100, image_size=8, augment="none", training=True)
     assert collect(ds)[2] == [100, 100]
+    ds = source.dataset("validation", global_batch_size=100, image_size=8, shuffle=True, **EVAL_AUG_NONE)
+    assert collect(ds)[2] == [100, 100, 56]  # shuffled but not training: the remainder stays
 
 
 def test_epochs_are_shuffled_differently_but_reproducibly():
@@ -328,6 +379,47 @@ def test_folder_shards_by_file_and_holds_out_validation(tmp_path):
             assert np.array_equal(y, values // 10)  # labels follow the folder of each file
             seen += values.tolist()
     assert sorted(seen) == list(range(30))
+
+
+def test_holdout_split_does_not_depend_on_the_training_seed(tmp_path):
+    make_folder(tmp_path, per_class=10)
+    folders = [data.open_source(f"folder:{tmp_path}", validation_split=6, seed=seed) for seed in (0, 5)]
+    digits = [data.open_source("digits", seed=seed) for seed in (0, 5)]
+    for first, second in (folders, digits):
+        files = [getattr(s, "_files", None) or {k: (v, None) for k, v in s._indices.items()} for s in (first, second)]
+        assert np.array_equal(files[0]["validation"][0], files[1]["validation"][0])
+        assert np.array_equal(files[0]["train"][0], files[1]["train"][0])
+        train, validation = set(files[0]["train"][0].tolist()), set(files[0]["validation"][0].tolist())
+        assert not train & validation and len(train | validation) in (30, 1797)
+    # The same split the seed-0 runs made before it stopped following the seed.
+    expected = np.sort(np.random.default_rng(0).permutation(1797)[1797 - 297 :])
+    assert np.array_equal(digits[1]._indices["validation"], expected)
+
+
+def test_shuffled_statistics_pass_samples_every_class_and_counts_nothing(tmp_path):
+    make_folder(tmp_path, fmt="PNG", flat=True, bad=[(EARLY_BAD, _bad_bytes("garbage_between_markers"))])
+    source = data.open_source(f"folder:{tmp_path}")
+    kwargs = dict(global_batch_size=8, **EVAL)
+    x, y, sizes = collect(source.dataset("train", shuffle=True, count_bad=False, **kwargs))
+    assert set(y[: len(y) // 3]) == {0, 1, 2}  # a third of the pass holds every class, not only cat
+    assert sorted(x[:, 0, 0, 0].astype(int) // 2) == list(range(3 * GOOD_PER_CLASS))  # each image once
+    assert np.array_equal(y, x[:, 0, 0, 0].astype(int) // 2 // GOOD_PER_CLASS)
+    assert sum(sizes) == 3 * GOOD_PER_CLASS and len(sizes) == -(-N_FILES // 8)  # the partial window too
+    assert source.bad_images.count == 0 and source.bad_images.seen == 0
+    _, y_plain, _ = collect(source.dataset("train", **kwargs))
+    assert set(y_plain[: len(y_plain) // 3]) == {0}  # unshuffled: cat first
+    assert source.bad_images.count == 1 and source.bad_images.seen == N_FILES
+
+
+def test_tfrecord_shuffles_when_asked_without_training(tmp_path):
+    make_tfrecords(tmp_path, per_shard=20)
+    source = data.open_source(f"tfrecord:{tmp_path}", num_classes=3)
+    kwargs = dict(global_batch_size=8, **EVAL)
+    plain, _, _ = collect(source.dataset("train", **kwargs))
+    shuffled, _, sizes = collect(source.dataset("train", shuffle=True, **kwargs))
+    assert sizes == [8] * 5  # not training: the last, partial window stays
+    digests = [[hashlib.sha1(np.ascontiguousarray(i).tobytes()).hexdigest() for i in x] for x in (plain, shuffled)]
+    assert digests[0] != digests[1] and sorted(digests[0]) == sorted(digests[1])
 
 
 def test_folder_with_train_and_val_subfolders(tmp_path):
@@ -466,6 +558,8 @@ MIRRORED = textwrap.dedent(
     total = 0
     for images, labels in dist:
         assert len(strategy.experimental_local_results(images)) == 2
+        # Every step is whole: no replica gets an empty batch (BatchNorm of nothing is NaN).
+        assert all(int(tf.shape(y)[0]) > 0 for y in strategy.experimental_local_results(labels))
         total += int(strategy.reduce("SUM", strategy.run(step, (images, labels)), axis=None))
     source.bad_images.check()
     print("examples", total, "bad", source.bad_images.count, "seen", source.bad_images.seen)
@@ -487,8 +581,9 @@ def test_folder_through_mirrored_strategy_on_two_cpus(tmp_path):
         timeout=120,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    # 102 good files: 25 per-replica batches of 4, the odd 25th and the last 2 files unused; all were read.
-    assert "examples 96 bad 1 seen 103" in done.stdout
+    # 103 files: 25 windows of 4 per replica batch (the last 3 files dropped), one of them 3 short for the
+    # bad file; 12 steps of 2 windows, the odd 25th unused; all 103 files were read.
+    assert "examples 95 bad 1 seen 103" in done.stdout
 
 
 def test_ten_crop_batch_matches_ten_crop_per_image():

@@ -47,6 +47,7 @@ def open_source(spec, *, data_dir=None, validation_split=0, num_classes=None, se
     validation_split (a count, or a fraction below 1) holds that part of train out for validation: needed
     for folders without train/ and validation/ subfolders, optional for tfds, 297 by default for digits.
     num_classes, when given, must cover the data set's classes; a larger value pads class_names.
+    The held-out part never depends on `seed` (the training seed): only synthetic data is made from it.
     """
     if not isinstance(spec, str):
         raise DataError(f"data spec must be a string, one of {', '.join(SPECS)}; got {spec!r}")
@@ -73,12 +74,11 @@ def open_source(spec, *, data_dir=None, validation_split=0, num_classes=None, se
             _directory(kind, rest, data_dir),
             validation_split=validation_split,
             num_classes=num_classes,
-            seed=seed,
         )
     if spec == "digits":
         from trainers.data.digits import DigitsSource  # importing scikit-learn costs a second
 
-        return DigitsSource(validation_split=validation_split, num_classes=num_classes, seed=seed)
+        return DigitsSource(validation_split=validation_split, num_classes=num_classes)
     if spec == "synthetic":
         return SyntheticSource(num_classes=num_classes, seed=seed)
     raise DataError(f"Unknown data spec {spec!r}. Valid forms: {', '.join(SPECS)}")

@@ -23,9 +23,13 @@ class BadImages:
     The pipelines call `record` and `note_good` from tf.py_function, possibly on several threads at once.
     """
 
-    def __init__(self, source, threshold=BAD_FRACTION):
+    def __init__(self, source, threshold=BAD_FRACTION, quiet=False):
         self.source = source
         self.threshold = threshold
+        self.quiet = quiet  # a statistics pass: the training epochs warn about the same files
+        # Stop mid-epoch on overwhelming evidence; off on a cluster, where one worker stopping alone
+        # would leave the others waiting in a collective (the engine decides there, on global counts).
+        self.early_stop = True
         self.count = 0
         self.seen = 0
         self.names = []
@@ -56,14 +60,15 @@ class BadImages:
         with self._lock:
             self.count += count
             self.seen += count
-            room = MAX_NAMES - len(self.names)
-            self.names.extend(names[: max(room, 0)])
+            new = [n for n in dict.fromkeys(names) if n not in self.names]  # a file bad each epoch, named once
+            self.names.extend(new[: max(MAX_NAMES - len(self.names), 0)])
             totals = (self.count, self.seen)
-        for name in names:
+        for name in [] if self.quiet else names:
             self._log.warning("%s: skipped unreadable image %s (%d bad of %d seen)", self.source, name, *totals)
-        if count > len(names):
+        if count > len(names) and not self.quiet:
             self._log.warning("%s: skipped %d more unreadable images", self.source, count - len(names))
-        if totals[1] >= EARLY_MIN_SEEN and totals[0] > EARLY_FACTOR * self.threshold * totals[1]:
+        overwhelming = totals[1] >= EARLY_MIN_SEEN and totals[0] > EARLY_FACTOR * self.threshold * totals[1]
+        if overwhelming and self.early_stop:
             raise DataError(self.message())
 
     def message(self):

@@ -14,10 +14,14 @@ SPLITS = ("train", "validation")
 
 @dataclasses.dataclass(frozen=True)
 class Request:
-    """What a source needs to list one epoch of one input pipeline."""
+    """What a source needs to list one epoch of one input pipeline.
+
+    shuffle: list this epoch in a (shuffle_seed) random order; training asks for it, a statistics pass may.
+    """
 
     split: str
     training: bool
+    shuffle: bool
     image_size: int
     shuffle_seed: int
     num_pipelines: int
@@ -93,13 +97,27 @@ class Source:
         epoch=0,
         skip_batches=0,
         input_context=None,
+        shuffle=None,
+        count_bad=True,
     ):
-        """One epoch of (images float32 [b, s, s, 3] in 0..255 RGB, labels int32 [b]).
+        """One epoch of (images float32 [n, s, s, 3] in 0..255 RGB, labels int32 [n]), n <= b.
 
         b is the per-replica batch when input_context is given (distribute_datasets_from_function), and
-        then only this input pipeline's share of the data is read. skip_batches counts global batches
-        (training steps) already done this epoch, so resuming skips the same examples with any number of
-        replicas or pipelines; skipped elements are never read or decoded.
+        then only this input pipeline's share of the data is read. Batch k of a pipeline is always its
+        elements [k*b, (k+1)*b) minus the bad images among them (so n < b there), whatever came before;
+        a batch of bad images only is left out. training=True augments and leaves out the last partial
+        batch, and any batches after the last whole group of the replicas this pipeline feeds (so every
+        step is whole); training=False keeps them.
+
+        skip_batches counts global batches (training steps) already done this epoch: each pipeline skips
+        skip_batches * global_batch_size / num_input_pipelines of its elements, i.e. skip_batches times
+        its share of a global batch (skip_batches * b with one replica per pipeline), which ends on a batch
+        boundary, so a resumed epoch yields exactly the batches the uninterrupted one would have, bad
+        images or not. Skipped elements are never read or decoded.
+
+        shuffle: None shuffles when training; True/False forces it (a shuffled, unaugmented pass gives an
+        unbiased sample of a split). count_bad=False keeps this dataset's bad and good images out of
+        source.bad_images, for a statistics pass over images the training epochs count anyway.
         """
         self._check_split(split)
         if augment not in AUGMENTATIONS:
@@ -108,15 +126,19 @@ class Source:
         _positive_int(image_size, "image_size")
         if isinstance(skip_batches, bool) or not isinstance(skip_batches, int) or skip_batches < 0:
             raise ValueError(f"skip_batches must be an int >= 0, got {skip_batches!r}")
+        if shuffle not in (None, True, False):
+            raise ValueError(f"shuffle must be None, True or False, got {shuffle!r}")
         self._require(split)
-        pipelines, pipeline_id = 1, 0
+        pipelines, pipeline_id, replicas = 1, 0, 1
         batch_size = global_batch_size
         if input_context is not None:
             pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
+            replicas = input_context.num_replicas_in_sync
             batch_size = input_context.get_per_replica_batch_size(global_batch_size)
         request = Request(
             split=split,
             training=bool(training),
+            shuffle=bool(training) if shuffle is None else bool(shuffle),
             image_size=image_size,
             shuffle_seed=pipeline.derive_seed(seed, epoch, "shuffle"),
             num_pipelines=pipelines,
@@ -124,15 +146,17 @@ class Source:
         )
         ds = pipeline.build(
             self._stream(request),
-            bad_images=self.bad_images,
+            bad_images=self.bad_images if count_bad else BadImages(self.spec, quiet=True),
             batch_size=batch_size,
             image_size=image_size,
             augment=augment,
             training=bool(training),
-            aug_seed=pipeline.derive_seed(seed, epoch, pipeline_id, split, "augment"),
+            aug_seed=pipeline.derive_seed(seed, epoch, split, "augment"),
+            # Exact: the global batch is a multiple of the replicas, which are a multiple of the pipelines.
             skip=skip_batches * global_batch_size // pipelines,
             num_classes=self.num_classes,
             label_hint=self.label_hint,
+            batches_per_step=replicas // pipelines,
         )
         if input_context is not None:
             # Already sharded here; tf.distribute must not shard a second time.

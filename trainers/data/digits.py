@@ -20,15 +20,15 @@ def _upscaled_rgb(images):
 
 
 class DigitsSource(Source):
-    """Digits 0-9; validation is the last `validation_split` (default 297) of a seeded shuffle."""
+    """Digits 0-9; validation is the last `validation_split` (default 297) of a fixed shuffle (SPLIT_SEED)."""
 
-    def __init__(self, *, validation_split=0, num_classes=None, seed=0):
+    def __init__(self, *, validation_split=0, num_classes=None):
         digits = load_digits()
         super().__init__("digits", class_names_for([str(d) for d in range(10)], num_classes, "digits"))
         self._images = _upscaled_rgb(digits.images)
         self._labels = digits.target.astype(np.int64)
         holdout = holdout_count(validation_split, len(self._labels), "digits", default=DEFAULT_VALIDATION)
-        train, validation = split_indices(len(self._labels), holdout, seed)
+        train, validation = split_indices(len(self._labels), holdout)
         self._indices = {"train": train, "validation": validation}
 
     def _count(self, split):

@@ -14,7 +14,7 @@ from trainers.data.bad_images import BAD_FRACTION, LOGGER_NAME, MAX_NAMES
 from trainers.data.base import Source, class_names_for
 from trainers.data.errors import DataError
 from trainers.data.pipeline import Stream
-from trainers.data.splits import epoch_order, holdout_count, split_indices
+from trainers.data.splits import SPLIT_SEED, epoch_order, holdout_count, split_indices
 from trainers.data.validity import file_looks_decodable
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -55,10 +55,10 @@ def _list_classes(root, spec):
     return classes, paths, labels
 
 
-def _scan(paths, spec, seed):
+def _scan(paths, spec):
     """Refuses the folder now, not an epoch later, when a sample of its files is mostly unreadable."""
     if len(paths) > SCAN_SAMPLE:
-        sample = np.sort(np.random.default_rng(seed).choice(len(paths), SCAN_SAMPLE, replace=False))
+        sample = np.sort(np.random.default_rng(SPLIT_SEED).choice(len(paths), SCAN_SAMPLE, replace=False))
         paths = [paths[i] for i in sample]
     bad = [p for p in paths if not file_looks_decodable(p)]
     if len(bad) > BAD_FRACTION * len(paths):
@@ -72,11 +72,15 @@ def _scan(paths, spec, seed):
 
 
 class FolderSource(Source):
-    """DIR/<class>/<image>; labels are the class folders' alphabetical positions."""
+    """DIR/<class>/<image>; labels are the class folders' alphabetical positions.
+
+    Without train/ and validation/ subfolders, validation_split holds out a fixed random part (SPLIT_SEED,
+    not the training seed), so every run validates on the same files.
+    """
 
     label_hint = "labels come from the alphabetical order of the class folders"
 
-    def __init__(self, root, *, validation_split=0, num_classes=None, seed=0):
+    def __init__(self, root, *, validation_split=0, num_classes=None):
         spec = f"folder:{root}"
         if not os.path.exists(root):
             raise DataError(f"{spec}: {root} does not exist; {LAYOUT}")
@@ -101,10 +105,10 @@ class FolderSource(Source):
             classes, paths, labels = _list_classes(train_dir if split_layout else root, spec)
             paths, labels = np.array(paths, dtype=object), np.array(labels, np.int64)
             holdout = holdout_count(validation_split, len(paths), spec)
-            train, validation = split_indices(len(paths), holdout, seed)
+            train, validation = split_indices(len(paths), holdout)
             self._files = {split: (paths[i], labels[i]) for split, i in (("train", train), ("validation", validation))}
         super().__init__(spec, class_names_for(classes, num_classes, spec))
-        _scan([p for files, _ in self._files.values() for p in files], spec, seed)
+        _scan([p for files, _ in self._files.values() for p in files], spec)
 
     def _count(self, split):
         return len(self._files[split][0])

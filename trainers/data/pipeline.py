@@ -15,7 +15,8 @@ from trainers.data import augment as aug
 from trainers.data.validity import looks_decodable
 
 AUTOTUNE = tf.data.AUTOTUNE
-NAMES_PER_GAP = 10  # at most this many names resolved for images lost to decode errors in one gap
+NAMES_PER_GAP = 10  # at most this many names resolved for images lost to decode errors in one window
+WINDOWS_IN_FLIGHT = 2  # windows decoded at once: the next one starts while the last images of one decode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,15 +41,8 @@ def derive_seed(*parts):
     return int(np.random.SeedSequence(words).generate_state(1)[0])
 
 
-def _zeros_like_spec(spec):
-    return tf.zeros([d or 0 for d in spec.shape], spec.dtype)
-
-
-def _with_end_marker(elements):
-    """Flags every element False and appends one True element, so losses at the very end are seen too."""
-    dummy = tf.nest.map_structure(_zeros_like_spec, elements.element_spec)
-    flagged = tf.data.Dataset.zip((tf.data.Dataset.from_tensors(False).repeat(), elements))
-    return flagged.concatenate(tf.data.Dataset.from_tensors((True, dummy)))
+def _empty_batch(spec):
+    return {k: tf.zeros([0, *s.shape[1:]], s.dtype) for k, s in spec.items()}
 
 
 def build(
@@ -63,62 +57,76 @@ def build(
     skip,
     num_classes,
     label_hint,
+    batches_per_step=1,
 ):
-    """Batches of (float32 [b, s, s, 3] in 0..255, int32 [b]) from `stream`.
+    """Batches of (float32 [<=b, s, s, 3] in 0..255, int32 [<=b]) from `stream`.
+
+    Batch k is always made of the stream elements [skip + k*b, skip + (k+1)*b), the window cut before
+    anything is decoded, minus its bad images; so a bad image never shifts a later batch, and skipping
+    k*b elements resumes exactly at batch k. A window of bad images only is left out (no empty batches);
+    training also leaves out the last, partial window, and batches left over after the last complete
+    group of `batches_per_step` (the replicas this pipeline feeds), so no replica ever gets an empty batch.
 
     Bad images are caught twice: the cheap byte checks route them around the decoder (and name them);
-    anything that still fails is dropped by ignore_errors and noticed as a gap in the element positions.
+    anything that still fails is dropped by ignore_errors and noticed as a position missing from its window.
     """
     size = image_size
 
-    def load(index, item):
-        is_end, raw = item
+    def load(index, raw):
+        example = stream.parse(raw)
+        ok = looks_decodable(example["data"]) if "data" in example else tf.constant(True)
+        name = tf.convert_to_tensor(example["name"])
+        unnamed = tf.strings.join([f"{bad_images.source} element #", tf.strings.as_string(index)])
+        name = tf.where(tf.equal(name, ""), unnamed, name)
+        # Seeded by the image, not its position in this pipeline: the same crops with 1 or N replicas.
+        seed = tf.stack([tf.constant(aug_seed, tf.int64), tf.strings.to_hash_bucket_fast(name, 2**62)])
 
-        def real():
-            example = stream.parse(raw)
-            ok = looks_decodable(example["data"]) if "data" in example else tf.constant(True)
-            seed = tf.stack([tf.constant(aug_seed, tf.int64), index])
+        def pixels():
+            if training:
+                return aug.train_image(example, augment, size, seed)
+            return aug.eval_image(example, augment, size)
 
-            def pixels():
-                if training:
-                    return aug.train_image(example, augment, size, seed)
-                return aug.eval_image(example, augment, size)
-
-            image = tf.cond(ok, pixels, lambda: tf.zeros([size, size, 3], tf.float32))
-            name = tf.convert_to_tensor(example["name"])
-            unnamed = tf.strings.join([f"{bad_images.source} element #", tf.strings.as_string(index)])
-            name = tf.where(tf.equal(name, ""), unnamed, name)
-            return image, tf.cast(example["label"], tf.int64), name, ok
-
-        def end():
-            return tf.zeros([size, size, 3]), tf.constant(-1, tf.int64), tf.constant(""), tf.constant(False)
-
-        image, label, name, ok = tf.cond(is_end, end, real)
+        image = tf.cond(ok, pixels, lambda: tf.zeros([size, size, 3], tf.float32))
         image = tf.ensure_shape(image, [size, size, 3])
-        return {"index": index, "image": image, "label": label, "name": name, "ok": ok, "end": is_end}
+        return {"index": index, "image": image, "label": tf.cast(example["label"], tf.int64), "name": name, "ok": ok}
 
-    def find_gaps(previous, element):
-        lost = element["index"] - previous - 1
-        return element["index"], dict(element, lost=lost, lost_from=previous + 1)
+    def decode_window(positions, raw):
+        """One window of undecoded elements -> exactly one (its positions, batch of what decoded)."""
+        raw = raw if isinstance(raw, tf.data.Dataset) else tf.data.Dataset.zip(raw)
+        decoded = tf.data.Dataset.zip(positions, raw).map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
+        survivors = decoded.ignore_errors().batch(batch_size)
+        empty = tf.data.Dataset.from_tensors(_empty_batch(survivors.element_spec))
+        return tf.data.Dataset.zip(positions.batch(batch_size), survivors.concatenate(empty).take(1))
 
-    def report(name, ok, is_end, lost_from, lost):
-        lost_from, lost = int(lost_from), int(lost)
-        names = [stream.name_of(i) for i in range(lost_from, lost_from + min(lost, NAMES_PER_GAP))]
-        count = lost
-        if not ok and not is_end:
-            names.append(name.numpy().decode("utf-8", "replace"))
-            count += 1
-        if count:
-            bad_images.record(names, count)
-        return bool(ok)
+    def report(positions, found, names, ok):
+        """Records the window's bad images, named in stream order; returns how many there were."""
+        found, ok = found.numpy(), ok.numpy()
+        lost = np.setdiff1d(positions.numpy(), found)
+        named = {int(i): stream.name_of(int(i)) for i in lost[:NAMES_PER_GAP]}
+        named.update(
+            (int(i), n.decode("utf-8", "replace")) for i, n in zip(found[~ok], names.numpy()[~ok], strict=True)
+        )
+        count = len(lost) + int(np.sum(~ok))
+        bad_images.record([named[i] for i in sorted(named)], count)
+        return count
 
-    def keep(element):
-        fine = element["ok"] & tf.equal(element["lost"], 0)
-        args = [element[k] for k in ("name", "ok", "end", "lost_from", "lost")]
-        return tf.cond(fine, lambda: tf.constant(True), lambda: tf.py_function(report, args, Tout=tf.bool))
+    def account(positions, batch):
+        """Counts the window's good and bad images; runs one window at a time, so names come in order."""
+        ok = batch["ok"]
+        fine = tf.equal(tf.size(positions), tf.size(ok)) & tf.reduce_all(ok)
+        args = [positions, batch["index"], batch["name"], ok]
+        reported = tf.cond(fine, lambda: 0, lambda: tf.py_function(report, args, Tout=tf.int32))
+        counted = tf.py_function(bad_images.note_good, [tf.reduce_sum(tf.cast(ok, tf.int32))], Tout=tf.int32)
+        with tf.control_dependencies([reported, counted]):
+            return tf.size(positions), tf.identity(ok), batch["image"], batch["label"]
 
-    def account(images, labels):
-        counted = tf.py_function(bad_images.note_good, [tf.shape(labels)[0]], Tout=tf.int32)
+    def select(window, ok, images, labels):
+        """The good images of a window, and its size (training drops a partial last window)."""
+        images, labels = tf.cond(
+            tf.reduce_all(ok),
+            lambda: (images, labels),
+            lambda: (tf.boolean_mask(images, ok), tf.boolean_mask(labels, ok)),
+        )
         checks = [
             tf.debugging.assert_non_negative(labels, message=f"label below 0; {label_hint}"),
             tf.debugging.assert_less(
@@ -127,22 +135,27 @@ def build(
                 message=f"label not below num_classes={num_classes}; {label_hint}",
             ),
         ]
-        with tf.control_dependencies([counted, *checks]):
-            return tf.identity(images), tf.cast(labels, tf.int32)
+        with tf.control_dependencies(checks):
+            return tf.identity(images), tf.cast(labels, tf.int32), window
 
-    ds = _with_end_marker(stream.elements).enumerate()
+    def wanted(images, labels, window):
+        nonempty = tf.size(labels) > 0
+        return nonempty & tf.equal(window, batch_size) if training else nonempty
+
+    ds = stream.elements.enumerate()
     if skip:
         ds = ds.skip(skip)
-    ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
-    ds = ds.ignore_errors()
-    ds = ds.scan(tf.constant(skip - 1, tf.int64), find_gaps)
-    ds = ds.filter(keep)
-    ds = ds.map(lambda e: (e["image"], e["label"]))
-    # Count the last partial batch as seen even when training drops it, so the bad fraction stays exact.
-    ds = ds.batch(batch_size)
-    ds = ds.map(account, num_parallel_calls=AUTOTUNE, deterministic=True)
-    if training:
-        ds = ds.filter(lambda images, labels: tf.equal(tf.shape(labels)[0], batch_size))
-        shape = [batch_size, size, size, 3]
-        ds = ds.map(lambda images, labels: (tf.ensure_shape(images, shape), tf.ensure_shape(labels, shape[:1])))
+    ds = ds.window(batch_size).interleave(
+        decode_window,
+        cycle_length=WINDOWS_IN_FLIGHT,
+        block_length=1,
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
+    # Every window is counted, the last partial one too even when training drops it, so the bad fraction
+    # stays exact; windows are dropped only after.
+    ds = ds.map(account).map(select, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.filter(wanted).map(lambda images, labels, window: (images, labels))
+    if training and batches_per_step > 1:
+        ds = ds.window(batches_per_step, drop_remainder=True).flat_map(tf.data.Dataset.zip)
     return ds.prefetch(AUTOTUNE)

@@ -6,6 +6,10 @@ import numpy as np
 
 from trainers.data.errors import DataError
 
+# The hold-out split is the same whatever a run's --seed: a rerun with another seed must not validate on
+# images the first run trained on. 0 keeps the split the seed-0 runs have always used.
+SPLIT_SEED = 0
+
 
 def holdout_count(validation_split, total, spec, default=0):
     """Examples to hold out: an int count, or a fraction in (0, 1); 0 means `default`."""
@@ -29,17 +33,17 @@ def holdout_count(validation_split, total, spec, default=0):
     return count
 
 
-def split_indices(total, holdout, seed):
-    """(train, validation) index arrays: the last `holdout` of a seeded shuffle, each kept in order."""
-    order = np.random.default_rng(seed).permutation(total)
+def split_indices(total, holdout):
+    """(train, validation) index arrays: the last `holdout` of a fixed (SPLIT_SEED) shuffle, each in order."""
+    order = np.random.default_rng(SPLIT_SEED).permutation(total)
     cut = total - holdout
     return np.sort(order[:cut]), np.sort(order[cut:])
 
 
 def epoch_order(count, request):
-    """Positions this pipeline reads this epoch: all shuffled alike (same seed on every worker), then dealt
-    out round-robin, so the pipelines' shares are disjoint and together cover the split."""
+    """Positions this pipeline reads this epoch: all shuffled alike (same seed on every worker) when asked,
+    then dealt out round-robin, so the pipelines' shares are disjoint and together cover the split."""
     order = np.arange(count)
-    if request.training:
+    if request.shuffle:
         order = np.random.default_rng(request.shuffle_seed).permutation(count)
     return order[request.pipeline_id :: request.num_pipelines]

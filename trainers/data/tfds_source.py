@@ -136,11 +136,11 @@ class TFDSSource(Source):
             input_context=tf.distribute.InputContext(n, i, n) if by_file else None,
         )
         ds = self._builder.as_dataset(
-            split=tfds_split, shuffle_files=request.training, decoders=self._decoders, read_config=read_config
+            split=tfds_split, shuffle_files=request.shuffle, decoders=self._decoders, read_config=read_config
         )
         if n > 1 and not by_file:
             ds = ds.shard(n, i)
-        if request.training:
+        if request.shuffle:
             ds = ds.shuffle(SHUFFLE_BUFFER, seed=request.shuffle_seed + i)
         image_key, label_key, name_key = self._image_key, self._label_key, self._name_key
 

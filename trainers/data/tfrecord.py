@@ -98,7 +98,7 @@ class TFRecordSource(Source):
 
     def _stream(self, request):
         files = np.array(self._shards[request.split])
-        if request.training:
+        if request.shuffle:
             files = files[np.random.default_rng(request.shuffle_seed).permutation(len(files))]
         by_file = len(files) >= request.num_pipelines
         if by_file:
@@ -111,7 +111,7 @@ class TFRecordSource(Source):
         )
         if not by_file:
             records = records.shard(request.num_pipelines, request.pipeline_id)
-        if request.training:
+        if request.shuffle:
             records = records.shuffle(SHUFFLE_BUFFER, seed=request.shuffle_seed + request.pipeline_id)
         split = request.split
         return Stream(records, _parse, lambda i: f"{self.spec} {split} record #{i}")
