@@ -1,5 +1,6 @@
 """SavedModel export: the served graph reproduces the Keras model, in float32, with TF Serving's layout."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -10,7 +11,8 @@ import pytest
 import tensorflow as tf
 
 import keras_resnet
-from trainers.export import export_saved_model, float32_copy, next_version_dir
+from trainers import config as config_lib
+from trainers.export import export_model_dir, export_saved_model, float32_copy, main, next_version_dir
 
 MEAN = np.array([125.3, 123.0, 113.9], np.float32)
 STD = np.array([63.0, 62.1, 66.7], np.float32)
@@ -229,14 +231,190 @@ def test_rejects_bad_arguments(tmp_path):
     assert not os.path.exists(os.path.join(str(tmp_path), "m"))
 
 
-def test_channels_first_model_still_takes_nhwc(tmp_path):
+def small_convnet(data_format, head="gap"):
+    """The layers a channels_first export converts, in either layout, on a non-square 8 x 6 input."""
+    first = data_format == "channels_first"
+    axis = 1 if first else -1
+    inputs = keras.Input((3, 8, 6) if first else (8, 6, 3), name="images")
+    x = keras.layers.Conv2D(4, 3, padding="same", data_format=data_format, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(axis=axis, name="bn")(x)
+    x = keras.layers.Activation("relu", name="relu")(x)
+    # Asymmetric padding and a 1 x 3 kernel: a height/width mix-up changes the numbers.
+    x = keras.layers.ZeroPadding2D(((1, 0), (0, 1)), data_format=data_format, name="pad")(x)  # 9 x 7
+    x = keras.layers.MaxPooling2D(2, data_format=data_format, name="pool")(x)  # 4 x 3
+    a = keras.layers.Conv2D(3, 1, data_format=data_format, name="branch_a")(x)
+    b = keras.layers.Conv2D(5, (1, 3), padding="same", data_format=data_format, name="branch_b")(x)
+    x = keras.layers.Concatenate(axis=axis, name="concat")([a, b])
+    x = keras.layers.Add(name="add")([x, keras.layers.Conv2D(8, 1, data_format=data_format, name="proj")(x)])
+    if head == "gap":
+        x = keras.layers.GlobalAveragePooling2D(data_format=data_format, name="gap")(x)
+    else:
+        x = keras.layers.Flatten(data_format=data_format, name="flatten")(x)
+    return keras.Model(inputs, keras.layers.Dense(3, name="predictions")(x), name=f"small_{head}")
+
+
+@pytest.mark.parametrize("head", ["gap", "flatten"])
+def test_channels_first_model_still_takes_nhwc(tmp_path, head):
+    """Served as an NHWC copy: runs on CPUs without NCHW convolutions (TF_ENABLE_ONEDNN_OPTS=0).
+
+    The expected values come from the same network built channels_last with the same weights, so
+    the test itself never runs an NCHW convolution either.
+    """
     keras.utils.set_random_seed(6)
-    inputs = keras.Input((3, 8, 8), name="images")
-    x = keras.layers.Conv2D(4, 3, data_format="channels_first", name="conv")(inputs)
-    x = keras.layers.GlobalAveragePooling2D(data_format="channels_first", name="pool")(x)
-    model = keras.Model(inputs, keras.layers.Dense(3, name="predictions")(x))
-    path = export_saved_model(model, str(tmp_path), "cf", image_size=8, mean=MEAN, std=STD)
-    images = np.random.default_rng(7).integers(0, 256, (2, 8, 8, 3)).astype(np.float32)
-    expected = softmax(np.asarray(model(np.transpose((images - MEAN) / STD, (0, 3, 1, 2))), np.float64))
+    model = randomize_batch_norm(small_convnet("channels_first", head))
+    twin = small_convnet("channels_last", head)
+    twin.set_weights(model.get_weights())  # Keras keeps conv kernels [h, w, in, out] in both layouts
+
+    copy = float32_copy(model)
+    assert {getattr(layer, "data_format", "channels_last") for layer in copy.layers} == {"channels_last"}
+    assert copy.get_layer("bn").axis == -1 and copy.get_layer("concat").axis == -1
+    assert tuple(copy.inputs[0].shape) == (None, 8, 6, 3)
+
+    path = export_saved_model(model, str(tmp_path), "cf", image_size=(8, 6), mean=MEAN, std=STD)
+    images = np.random.default_rng(7).integers(0, 256, (2, 8, 6, 3)).astype(np.float32)
+    expected = reference(twin, images)
+    assert expected.max() < 0.99, "softmax saturated: the comparison would be trivial"
     out = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(images))
     check_outputs(out, expected, names=None)
+
+
+def test_channels_first_resnet_is_served_channels_last():
+    keras.utils.set_random_seed(9)
+    model = keras_resnet.build("resnet20", classes=10, classifier_activation=None, data_format="channels_first")
+    model = randomize_batch_norm(model)
+    twin = keras_resnet.build("resnet20", classes=10, classifier_activation=None)
+    twin.set_weights(model.get_weights())
+
+    copy = float32_copy(model)
+    assert tuple(copy.inputs[0].shape) == (None, 32, 32, 3)
+    pads = [layer for layer in copy.layers if isinstance(layer, keras_resnet.SubsampleZeroPad)]
+    assert pads and {layer.data_format for layer in pads} == {"channels_last"}
+    images = np.random.default_rng(10).integers(0, 256, (2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(reference(copy, images), reference(twin, images), atol=1e-5)
+
+
+def channels_first_with(kind):
+    inputs = keras.Input((3, 8, 8), name="images")
+    x = keras.layers.Conv2D(4, 3, data_format="channels_first", name="conv")(inputs)
+    if kind == "flatten":  # flattens in (c, h, w) order: the Dense weights would need reordering
+        x = keras.layers.Flatten(data_format="channels_last", name="flatten")(x)
+    elif kind == "reshape":
+        x = keras.layers.Reshape((-1,), name="reshape")(x)
+    elif kind == "dense_on_feature_map":
+        x = keras.layers.Flatten(data_format="channels_first")(keras.layers.Dense(2, name="dense")(x))
+    elif kind == "softmax_over_width":
+        x = keras.layers.GlobalAveragePooling2D(data_format="channels_first")(keras.layers.Activation("softmax")(x))
+    elif kind == "channels_last_layer":
+        x = keras.layers.GlobalAveragePooling2D(data_format="channels_last", name="pool")(x)
+    elif kind == "feature_map_output":
+        return keras.Model(inputs, x)
+    if kind == "sequential":
+        return keras.Sequential(
+            [
+                keras.Input((3, 8, 8)),
+                keras.layers.Conv2D(4, 3, data_format="channels_first"),
+                keras.layers.GlobalAveragePooling2D(data_format="channels_first"),
+                keras.layers.Dense(3),
+            ]
+        )
+    return keras.Model(inputs, keras.layers.Dense(3, name="predictions")(x))
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "flatten",
+        "reshape",
+        "dense_on_feature_map",
+        "softmax_over_width",
+        "channels_last_layer",
+        "feature_map_output",
+        "sequential",
+    ],
+)
+def test_channels_first_model_that_cannot_be_converted_is_refused(tmp_path, kind):
+    model = channels_first_with(kind)
+    with pytest.raises(ValueError, match="channels_first.*channels_last"):
+        export_saved_model(model, str(tmp_path), "cf", image_size=8, mean=0.0)
+    assert not os.path.exists(os.path.join(str(tmp_path), "cf"))
+
+
+def test_image_bytes_error_names_the_malformed_element(resnet20_export):
+    """One bad element fails the whole request; the error says which one when the bytes are no image."""
+    _, _, loaded = resnet20_export
+    serve = loaded.signatures["serve_image_bytes"]
+    images = np.random.default_rng(11).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    good = png_batch(images).numpy().tolist()
+    for i, bad in ((1, b"not an image"), (2, b"")):
+        batch = list(good)
+        batch[i] = bad
+        with pytest.raises(tf.errors.InvalidArgumentError, match=rf"image_bytes\[{i}\] is not a"):
+            serve(image_bytes=tf.constant(batch))
+    # A truncated PNG is recognized as a PNG: its decoder fails the request, without the index.
+    batch = [good[0], good[1][:40]]
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        serve(image_bytes=tf.constant(batch))
+
+
+def trainer_dir(path, saved):
+    """A trainer's --model-dir by hand: resnet20's config.json, normalization.npz, one checkpoint of `saved`."""
+    config = config_lib.Config(model="resnet20", num_classes=10, image_size=32)
+    os.makedirs(path)
+    config_lib.save(config, os.path.join(path, "config.json"))
+    mean = np.zeros((32, 32, 3), np.float32)
+    np.savez(os.path.join(path, "normalization.npz"), mean=mean, class_names=np.array(NAMES))
+    # As the trainer does: the optimizer and step ride along, and the export does not need them.
+    checkpoint = tf.train.Checkpoint(optimizer=keras.optimizers.SGD(0.1), step=tf.Variable(7, dtype=tf.int64), **saved)
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(path, "checkpoints"), max_to_keep=1)
+    return config, manager.save()
+
+
+def test_export_model_dir_restores_the_checkpoint(tmp_path):
+    from trainers.engine import build_model
+
+    keras.utils.set_random_seed(12)
+    config = config_lib.Config(model="resnet20", num_classes=10, image_size=32)
+    model = randomize_batch_norm(build_model(config, 10))
+    images = np.random.default_rng(13).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    expected = reference(model, images, mean=0.0, std=1.0)
+    trainer_dir(str(tmp_path / "run"), {"model": model})
+    path = export_model_dir(str(tmp_path / "run"), str(tmp_path / "exported"))
+    assert path == str(tmp_path / "exported" / "resnet20" / "1")
+    check_outputs(tf.saved_model.load(path).signatures["serve_uint8"](images=tf.constant(images)), expected)
+
+
+@pytest.mark.parametrize(
+    "saved, detail",
+    [
+        ("resnet32", r"conv\w+/kernel"),  # config.json edited, or another run's --checkpoint
+        ("100_classes", r"predictions/kernel \(64, 10\) here, \(64, 100\) in the checkpoint"),
+        ("no_model", "holds no model variables"),
+    ],
+)
+def test_export_refuses_a_checkpoint_that_does_not_fit(tmp_path, saved, detail):
+    from trainers.engine import build_model
+
+    model_dir = str(tmp_path / "run")
+    resnet20 = config_lib.Config(model="resnet20", num_classes=10, image_size=32)
+    models = {
+        "resnet32": lambda: {"model": build_model(dataclasses.replace(resnet20, model="resnet32"), 10)},
+        "100_classes": lambda: {"model": build_model(resnet20, 100)},
+        "no_model": dict,
+    }
+    _, checkpoint = trainer_dir(model_dir, models[saved]())
+    with pytest.raises(ValueError, match=detail) as raised:
+        export_model_dir(model_dir, str(tmp_path / "exported"))
+    message = str(raised.value)
+    for part in (model_dir, checkpoint, "config.json", "--checkpoint"):
+        assert part in message
+    assert not os.path.exists(tmp_path / "exported" / "resnet20")
+
+
+def test_export_cli_reports_a_checkpoint_that_does_not_fit(tmp_path, capsys):
+    model_dir = str(tmp_path / "run")
+    trainer_dir(model_dir, {})
+    assert main(["--model-dir", model_dir, "--export-dir", str(tmp_path / "exported")]) == 2
+    out = capsys.readouterr().out
+    assert out.startswith("error: ") and model_dir in out and "holds no model variables" in out
+    assert main(["--model-dir", model_dir, "--checkpoint", os.path.join(model_dir, "nowhere-3")]) == 2
+    assert "error: " in capsys.readouterr().out
