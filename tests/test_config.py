@@ -12,7 +12,8 @@ from trainers import recipes, schedules
 def test_cifar_recipe_is_the_papers():
     config = config_lib.resolve(recipes.CIFAR10, [])
     assert (config.batch_size, config.lr, config.momentum, config.weight_decay) == (128, 0.1, 0.9, 1e-4)
-    assert (config.decay_steps, config.steps, config.validation_split) == ([32000, 48000], 64000, 5000)
+    # 64k iterations of 128 on the 45k split, drops at 32k and 48k: as epochs and fractions of the run.
+    assert (config.decay_at, config.epochs, config.steps, config.validation_split) == ([0.5, 0.75], 182, None, 5000)
     assert (config.model, config.augment, config.mean) == ("resnet20", "cifar", "per_pixel")
 
 
@@ -36,7 +37,7 @@ def test_saved_config_reads_back(tmp_path):
     config = config_lib.resolve(recipes.IMAGENET, ["--decay-epochs", "10,20"])
     config_lib.save(config, tmp_path / "config.json")
     assert config_lib.read(tmp_path / "config.json") == config
-    assert config.decay_epochs == [10, 20]
+    assert (config.decay_epochs, config.decay_at) == ([10, 20], None)
 
 
 def lrs(schedule, steps):

@@ -32,6 +32,7 @@ class Config:
     schedule: str = "step"
     decay_steps: list | None = None
     decay_epochs: list | None = None
+    decay_at: list | None = None
     warmup_epochs: float | None = 0.0
     warmup_lr: float | None = None
     warmup_lr_steps: int = 400
@@ -43,6 +44,7 @@ class Config:
     gpus: int | None = None
     cpu_replicas: int | None = None
     precision: str = "fp32"
+    loss_scale: float | None = None
     xla: bool = False
     seed: int = 0
     # Outputs.
@@ -79,6 +81,7 @@ HELP = {
     "schedule": "step (divide by 10 at the boundaries) or cosine",
     "decay_steps": "step schedule boundaries in iterations, e.g. 32000,48000",
     "decay_epochs": "step schedule boundaries in epochs, e.g. 30,60,80",
+    "decay_at": "step schedule boundaries as fractions of the run, e.g. 0.5,0.75 (any length and batch size)",
     "warmup_epochs": "linear warm-up epochs (auto: 5 when --batch-size > --lr-batch)",
     "warmup_lr": "constant warm-up learning rate (paper: 0.01 for ResNet-110; auto for 110/1202)",
     "warmup_lr_steps": "steps at --warmup-lr",
@@ -89,8 +92,9 @@ HELP = {
     "gpus": "mirror over this many GPUs (error if fewer exist)",
     "cpu_replicas": "split the CPU into N logical devices and mirror over them",
     "precision": "fp32 | bf16 | fp16 (fp16 uses dynamic loss scaling)",
+    "loss_scale": "fp16: initial dynamic loss scale (default: Keras's 32768); halved on each overflow",
     "xla": "compile the per-replica step with XLA",
-    "seed": "random seed (weights, shuffling, augmentation)",
+    "seed": "random seed (weights, shuffling, augmentation; not the validation split, which is fixed)",
     "model_dir": "checkpoints, logs and config; rerunning the same command resumes from here",
     "checkpoint_steps": "also checkpoint every N steps (0: once per epoch)",
     "keep_checkpoints": "checkpoints kept",
@@ -186,8 +190,46 @@ def resolve(recipe, argv=None, prog=None, description=None):
     for layer in [*layers, args]:
         if "epochs" in layer and "steps" not in layer:
             values["steps"] = None
+        # One way of placing the lr drops at a time: the most recently given one wins.
+        given = [k for k in BOUNDARY_FIELDS if layer.get(k)]
+        if given:
+            values.update({k: None for k in BOUNDARY_FIELDS if k not in given})
         values.update(layer)
     return Config(**values)
+
+
+BOUNDARY_FIELDS = ("decay_steps", "decay_epochs", "decay_at")
+# Settings that change what a run computes: a checkpoint only resumes under the same values.
+# The rest (where files go, how often to log, how many devices) may change between reruns.
+RUNTIME_FIELDS = frozenset(
+    {
+        "data_dir",
+        "download",
+        "gpus",
+        "cpu_replicas",
+        "xla",
+        "model_dir",
+        "checkpoint_steps",
+        "keep_checkpoints",
+        "log_steps",
+        "profile_steps",
+        "ten_crop",
+        "export",
+        "export_dir",
+        "progress",
+    }
+)
+
+
+def training_fields(config):
+    """The settings a checkpoint was trained under, as a dict."""
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in RUNTIME_FIELDS}
+
+
+def differences(saved, now):
+    """'field: saved -> now' for each training setting that differs."""
+    old, new = training_fields(saved), training_fields(now)
+    return [f"{k}: {old[k]!r} -> {new[k]!r}" for k in old if old[k] != new[k]]
 
 
 def save(config, path):

@@ -1,7 +1,9 @@
 """The paper's recipes (../shared/reference.md) as data; every value is a flag default."""
 
 # Sec. 4.2: batch 128, lr 0.1 /10 at 32k and 48k, stop at 64k, wd 1e-4, momentum 0.9,
-# 4-px pad + crop + flip, per-pixel mean; 45k/5k split.
+# 4-px pad + crop + flip, per-pixel mean; 45k/5k split. The length is in epochs (64k iterations of
+# 128 on 45k images = 182 epochs) and the drops are at 1/2 and 3/4 of the run, so the schedule means
+# the same training at any --batch-size (the lr scales linearly) and any --epochs.
 CIFAR10 = dict(
     model="resnet20",
     data="tfds:cifar10",
@@ -13,15 +15,16 @@ CIFAR10 = dict(
     lr=0.1,
     lr_batch=128,
     schedule="step",
-    decay_steps=[32000, 48000],
-    steps=64000,
+    decay_at=[0.5, 0.75],
+    epochs=182,
     warmup_epochs=0.0,
     weight_decay=1e-4,
     momentum=0.9,
 )
 
-# Sec. 3.4: ResNet-50, batch 256, lr 0.1 /10 at 30/60/80 of 90 epochs, scale augmentation,
-# per-channel mean; linear scaling with a 5-epoch warm-up above 256 (Goyal et al. 2017).
+# Sec. 3.4: ResNet-50, batch 256, lr 0.1 /10 at 30/60/80 of 90 epochs (kept as fractions of the run,
+# so --epochs 45 drops at 15/30/40), scale augmentation, per-channel mean; linear scaling with a
+# 5-epoch warm-up above 256 (Goyal et al. 2017).
 IMAGENET = dict(
     model="resnet50",
     data="tfrecord:/data/imagenet",
@@ -33,7 +36,7 @@ IMAGENET = dict(
     lr=0.1,
     lr_batch=256,
     schedule="step",
-    decay_epochs=[30, 60, 80],
+    decay_at=[1 / 3, 2 / 3, 8 / 9],
     epochs=90,
     warmup_epochs=None,
     weight_decay=1e-4,
@@ -52,5 +55,5 @@ DIGITS_DEMO = dict(
     steps=None,
     epochs=15,
     schedule="cosine",
-    decay_steps=None,
+    decay_at=None,
 )

@@ -53,18 +53,32 @@ class ResNetSchedule(keras.optimizers.schedules.LearningRateSchedule):
         )
 
 
+def boundaries_of(config, steps_per_epoch, total_steps):
+    """Where the step schedule divides the lr by 10, in steps: given in steps, epochs or fractions of the run."""
+    if config.decay_steps:
+        return [int(b) for b in config.decay_steps]
+    if config.decay_epochs:
+        return [round(e * steps_per_epoch) for e in config.decay_epochs]
+    return [round(f * total_steps) for f in config.decay_at or []]
+
+
+def needs_constant_warmup(config):
+    """The paper's ResNet-110/1202 warm-up (Sec. 4.2), decided on the network the name resolves to."""
+    from keras_resnet.models import get_spec
+
+    spec = get_spec(config.model)
+    return spec.residual and spec.stem == "cifar" and spec.depth in (110, 1202)
+
+
 def from_config(config, steps_per_epoch, total_steps):
     """The schedule a Config asks for, with 'auto' values resolved."""
     peak = config.lr * config.batch_size / config.lr_batch
-    if config.decay_epochs:
-        boundaries = [round(e * steps_per_epoch) for e in config.decay_epochs]
-    else:
-        boundaries = list(config.decay_steps or [])
+    boundaries = boundaries_of(config, steps_per_epoch, total_steps)
     warmup_epochs = config.warmup_epochs
     if warmup_epochs is None:  # auto: only when linear scaling raised the lr
         warmup_epochs = 5 if config.batch_size > config.lr_batch else 0
     constant_lr = config.warmup_lr
-    if constant_lr is None and config.model.lower() in ("resnet110", "resnet1202") and config.image_size <= 64:
+    if constant_lr is None and needs_constant_warmup(config):
         constant_lr = 0.01 * config.batch_size / config.lr_batch
     return ResNetSchedule(
         peak,
