@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from events import scalars
 
 from trainers import config as config_lib
 from trainers import data, engine, recipes
@@ -42,16 +43,6 @@ def tiny(tmp_path, name="run", **overrides):
 
 def weights(trainer):
     return [v.numpy() for v in trainer.model.weights]
-
-
-def scalars(log_dir, tag):
-    values = {}
-    for path in sorted(pathlib.Path(log_dir).glob("events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(str(path)):
-            for value in event.summary.value:
-                if value.tag == tag:
-                    values[event.step] = float(tf.make_ndarray(value.tensor))
-    return values
 
 
 # -- metrics ------------------------------------------------------------------------------------------

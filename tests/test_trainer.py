@@ -14,6 +14,7 @@ import urllib.request
 import numpy as np
 import pytest
 import tensorflow as tf
+from events import scalars
 
 BIN = pathlib.Path(sys.executable).parent
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
@@ -26,17 +27,6 @@ def train(tmp_path, *args, entry="cifar10", timeout=600, check=True):
     if check:
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
-
-
-def scalars(log_dir, tag):
-    """{step: value} of one scalar tag from a run's TensorBoard event files."""
-    values = {}
-    for path in sorted(pathlib.Path(log_dir).glob("events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(str(path)):
-            for value in event.summary.value:
-                if value.tag == tag:
-                    values[event.step] = float(tf.make_ndarray(value.tensor))
-    return values
 
 
 def checkpoint_values(model_dir):
@@ -96,6 +86,17 @@ def assert_evaluation_matches_the_export(model_dir, exported):
     assert np.mean(hits) == reported["top1"]
 
 
+def training_order(folder, pipelines):
+    """The files input pipeline 0 of `pipelines` reads in epoch 1 of a seed-0 run (validation split 8)."""
+    from trainers.data import open_source, pipeline
+    from trainers.data.base import Request
+    from trainers.data.splits import epoch_order
+
+    files = open_source(f"folder:{folder}", validation_split=8)._files["train"][0]
+    request = Request("train", True, True, 16, pipeline.derive_seed(0, 0, "shuffle"), pipelines, 0)
+    return [files[i] for i in epoch_order(len(files), request)]
+
+
 def make_image_folder(root, per_class=40):
     for label in ("cat", "dog"):
         folder = root / label
@@ -109,11 +110,11 @@ def make_image_folder(root, per_class=40):
 def test_a_run_killed_at_a_random_step_resumes_to_the_same_weights(tmp_path):
     """SIGKILL after a random number of checkpoints; the rerun ends where an uninterrupted run ends:
     the same weights, optimizer state and metrics (one device, same data, with a bad image in it)."""
-    from trainers.data import open_source
-
     folder = make_image_folder(tmp_path / "images", per_class=60)
-    train_files = open_source(f"folder:{folder}", validation_split=8)._files["train"][0]
-    pathlib.Path(train_files[5]).write_bytes(b"not a jpeg at all")  # 1 of 112: under the 1 % limit
+    # 1 of 112 training images (under the 1 % limit), in the first batch of epoch 1: before the fix every
+    # batch after it shifted by one image, so a resume in epoch 1 trained on other batches.
+    first_epoch = training_order(folder, pipelines=1)
+    pathlib.Path(first_epoch[2]).write_bytes(b"not a jpeg at all")
     args = ["--steps", "24", "--checkpoint-steps", "3", "--no-export", "--batch-size", "8", "--image-size", "16"]
     args += ["--data", f"folder:{folder}", "--validation-split", "8"]
     train(tmp_path, *args, "--model-dir", str(tmp_path / "straight"))
@@ -121,7 +122,7 @@ def test_a_run_killed_at_a_random_step_resumes_to_the_same_weights(tmp_path):
     model_dir = tmp_path / "killed"
     cmd = [sys.executable, "-m", "trainers.cifar10", *TINY, *args, "--model-dir", str(model_dir)]
     process = subprocess.Popen(cmd, env=ENV, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    target = 3 * int(np.random.default_rng().integers(1, 7))  # a checkpoint at step 3..18 to wait for
+    target = 3 * int(np.random.default_rng().integers(1, 5))  # a checkpoint at step 3..12 (epoch 1 has 14)
     deadline = time.time() + 300
     saved_step = 0
     while saved_step < target and process.poll() is None and time.time() < deadline:
@@ -268,27 +269,32 @@ def test_gpus_without_gpus_lists_the_devices(tmp_path):
     )
 
 
-@pytest.mark.slow
-def test_two_workers_train_with_multi_worker_mirrored_strategy(tmp_path):
-    """The same engine under MultiWorkerMirroredStrategy: two processes on localhost, TF_CONFIG."""
-    ports = [_free_port(), _free_port()]
-    cluster = {"worker": [f"localhost:{port}" for port in ports]}
-    model_dir = tmp_path / "run"
+def run_two_workers(tmp_path, *args, timeout=600):
+    """Two `trainers.cifar10` processes on localhost under one TF_CONFIG: (exit codes, logs)."""
+    cluster = {"worker": [f"localhost:{_free_port()}" for _ in range(2)]}
     processes = []
     for index in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        cmd = [sys.executable, "-m", "trainers.cifar10", *TINY, "--steps", "6", "--model-dir", str(model_dir)]
-        cmd += ["--export-dir", str(tmp_path / "saved")]
+        cmd = [sys.executable, "-m", "trainers.cifar10", *TINY, *args]
         log = open(tmp_path / f"worker{index}.log", "w")
         processes.append(
             subprocess.Popen(cmd, env={**ENV, "TF_CONFIG": tf_config}, cwd=tmp_path, stdout=log, stderr=log)
         )
     try:
-        codes = [p.wait(timeout=600) for p in processes]
+        codes = [p.wait(timeout=timeout) for p in processes]
     finally:
         for p in processes:
             p.kill()
-    logs = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
+    return codes, [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
+
+
+@pytest.mark.slow
+def test_two_workers_train_with_multi_worker_mirrored_strategy(tmp_path):
+    """The same engine under MultiWorkerMirroredStrategy: two processes on localhost, TF_CONFIG."""
+    model_dir = tmp_path / "run"
+    codes, logs = run_two_workers(
+        tmp_path, "--steps", "6", "--model-dir", str(model_dir), "--export-dir", str(tmp_path / "saved")
+    )
     assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
     assert "MultiWorkerMirroredStrategy" in logs[0] and "2 replicas" in logs[0]
     assert json.loads((model_dir / "result.json").read_text())["step"] == 6
@@ -357,40 +363,15 @@ def test_bad_profile_steps_are_refused(text):
 def test_bad_images_stop_every_worker_not_just_the_one_that_read_them(tmp_path):
     """Two workers; 2 of 112 training images only the decoder can tell are broken. The > 1 % verdict
     comes from all-reduced counts, so both workers stop with the same error; neither waits forever."""
-    from trainers.data import open_source, pipeline
-    from trainers.data.base import Request
-    from trainers.data.splits import epoch_order
-
     folder = make_image_folder(tmp_path / "images", per_class=60)
-    files = open_source(f"folder:{folder}", validation_split=8)._files["train"][0]
     # Both in worker 0's share of epoch 1: before the fix, worker 0 stopped alone and worker 1 hung.
-    request = Request("train", True, True, 16, pipeline.derive_seed(0, 0, "shuffle"), 2, 0)
     jpeg = (folder / "cat" / "000.jpg").read_bytes()
-    for i in epoch_order(len(files), request)[:2]:
-        pathlib.Path(files[i]).write_bytes(jpeg[:3] + bytes(300) + b"\xff\xd9")  # passes the cheap checks
-    ports = [_free_port(), _free_port()]
-    cluster = {"worker": [f"localhost:{port}" for port in ports]}
-    args = [*TINY, "--data", f"folder:{folder}", "--validation-split", "8", "--batch-size", "8", "--steps", "20"]
-    args += ["--image-size", "16", "--model-dir", str(tmp_path / "run"), "--no-export"]
-    processes = []
-    for index in range(2):
-        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        log = open(tmp_path / f"worker{index}.log", "w")
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "trainers.cifar10", *args],
-                env={**ENV, "TF_CONFIG": tf_config},
-                cwd=tmp_path,
-                stdout=log,
-                stderr=log,
-            )
-        )
-    try:
-        codes = [p.wait(timeout=300) for p in processes]
-    finally:
-        for p in processes:
-            p.kill()
-    logs = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
+    for path in training_order(folder, pipelines=2)[:2]:
+        pathlib.Path(path).write_bytes(jpeg[:3] + bytes(300) + b"\xff\xd9")  # passes the cheap checks
+    args = ["--data", f"folder:{folder}", "--validation-split", "8", "--batch-size", "8", "--steps", "20"]
+    codes, logs = run_two_workers(
+        tmp_path, *args, "--image-size", "16", "--model-dir", str(tmp_path / "run"), "--no-export", timeout=300
+    )
     assert codes == [2, 2], logs[0][-3000:] + logs[1][-3000:]
     for text in logs:
         assert "error:" in text and "2 of 112 training images (1.8%) could not be decoded" in text, text[-3000:]
