@@ -331,7 +331,7 @@ def test_fp16_loss_scaling_with_xla_on_two_replicas(tmp_path):
     halves until the gradients are finite, then exactly --steps updates are applied."""
     model_dir = tmp_path / "run"
     args = ["--steps", "3", "--cpu-replicas", "2", "--xla", "--precision", "fp16", "--no-export"]
-    result = train(tmp_path, *args, "--loss-scale", "1e12", "--model-dir", str(model_dir))
+    result = train(tmp_path, *args, "--loss-scale", "1e8", "--model-dir", str(model_dir))
     assert "precision fp16" in result.stderr
     skipped = scalars(model_dir / "logs" / "train", "skipped_steps")
     assert max(skipped.values()) > 0, "the test needs a non-finite step"
