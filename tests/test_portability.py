@@ -8,6 +8,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from test_models import PARAMS, assert_parameter_counts
 
 import keras_resnet
 
@@ -20,6 +21,8 @@ BIG = {"resnet1202", "plain1202"}
 )
 def test_every_model_saves_and_loads_safely(name, tmp_path):
     model = keras_resnet.build(name, zero_init_residual=name in BIG)  # 1,202 layers of He init overflow float32
+    if name in BIG:  # their parameter counts are checked here, where they are built anyway
+        assert_parameter_counts(model, PARAMS[1202][0])
     path = tmp_path / f"{name}.keras"
     model.save(path)
     loaded = keras.models.load_model(path, safe_mode=True)

@@ -158,7 +158,7 @@ def test_export_after_bf16_training_matches_keras(tmp_path):
     from trainers.engine import build_model
 
     model_dir = tmp_path / "run"
-    result = train(tmp_path, "--steps", "3", "--precision", "bf16", "--model-dir", str(model_dir))
+    result = train(tmp_path, "--steps", "3", "--precision", "bf16", "--image-size", "16", "--model-dir", str(model_dir))
     exported = re.search(r"SavedModel:\s+(\S+)", result.stdout).group(1)
     assert pathlib.Path(exported).name == "1"
     # The CLI exports the same run again as the next version.
@@ -188,7 +188,7 @@ def test_export_after_bf16_training_matches_keras(tmp_path):
         tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
     ).expect_partial()
     mean = np.load(model_dir / "normalization.npz")["mean"]
-    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.uint8)
+    images = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3)).astype(np.uint8)
     expected = tf.nn.softmax(model(images.astype(np.float32) - mean, training=False)).numpy()
 
     loaded = tf.saved_model.load(exported)
@@ -211,6 +211,7 @@ def _free_port():
 def test_tensorboard_serves_the_run_scalars(tmp_path):
     model_dir = tmp_path / "run"
     args = ["--steps", "4", "--model-dir", str(model_dir), "--no-export", "--ten-crop", "--profile-steps", "2,3"]
+    args += ["--image-size", "16"]
     result = train(tmp_path, *args)
     assert "val_top1" in result.stderr  # the 10-crop evaluation ran
     assert list((model_dir / "logs" / "train" / "plugins" / "profile").glob("*/*.xplane.pb"))
@@ -344,6 +345,7 @@ def test_fp16_loss_scaling_with_xla_on_two_replicas(tmp_path):
 
 def test_benchmark_prints_a_ratio_table(tmp_path):
     cmd = [sys.executable, "-m", "trainers.benchmark", "--batch-size", "8", "--steps", "1", "--warmup", "1"]
+    cmd += ["--image-size", "8"]
     result = subprocess.run([*cmd, "--variants", "fp32,bf16"], env=ENV, capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| fp32 |" in result.stdout and "| 1.00x |" in result.stdout
