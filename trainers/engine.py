@@ -431,6 +431,7 @@ class Trainer:
     def _train_batches(self, epoch, skip, remaining, profile, progbar, t0):
         config = self.config
         images_seen, done = 0, 0
+        counted = self.epoch_totals.numpy()[3]  # examples so far this epoch, read once per step below
         for batch in self._dataset("train", epoch, skip):
             if done >= remaining:
                 break
@@ -439,14 +440,14 @@ class Trainer:
             step = int(self.step.numpy())
             if profile and step + 1 == profile[0]:
                 tf.profiler.experimental.start(os.path.join(self.model_dir, "logs", "train"))
-            before = self.epoch_totals.numpy()[3]
             self._train_step(batch)
             done += 1
             step = int(self.step.numpy())
             if profile and step == profile[-1]:
                 tf.profiler.experimental.stop()
             sums = self.epoch_totals.numpy()
-            images_seen += int(sums[3] - before)
+            images_seen += int(sums[3] - counted)
+            counted = sums[3]
             rate = images_seen / (time.perf_counter() - t0)
             n = max(sums[3], 1)
             if progbar:
