@@ -23,6 +23,7 @@ class Config:
     augment: str = "cifar"
     mean: str = "per_pixel"
     num_classes: int | None = None
+    num_examples: str | None = None
     # Optimisation.
     batch_size: int = 128
     epochs: float | None = None
@@ -43,10 +44,11 @@ class Config:
     # Machines and numerics.
     gpus: int | None = None
     cpu_replicas: int | None = None
-    precision: str = "fp32"
+    precision: str = "auto"
     loss_scale: float | None = None
     xla: bool = False
     seed: int = 0
+    steps_per_loop: int | None = None
     # Outputs.
     model_dir: str | None = None
     checkpoint_steps: int = 0
@@ -56,7 +58,9 @@ class Config:
     ten_crop: bool = False
     export: bool = True
     export_dir: str = "saved_models"
+    export_name: str | None = None
     progress: bool = True
+    tf_logs: bool = False
 
 
 HELP = {
@@ -73,6 +77,7 @@ HELP = {
     "augment": "cifar | pad_crop | scale | inception | none",
     "mean": "per_pixel (training-set mean image), rgb (ImageNet means) or none",
     "num_classes": "classes (default: from the data)",
+    "num_examples": "record counts when no count file exists, e.g. train=1281167,validation=50000",
     "batch_size": "global batch, split across replicas",
     "epochs": "train this many epochs (overrides --steps from the recipe)",
     "steps": "train this many steps",
@@ -91,9 +96,10 @@ HELP = {
     "label_smoothing": "label smoothing",
     "gpus": "mirror over this many GPUs (error if fewer exist)",
     "cpu_replicas": "split the CPU into N logical devices and mirror over them",
-    "precision": "fp32 | bf16 | fp16 (fp16 uses dynamic loss scaling)",
+    "precision": "auto (bf16 where computed natively, fp16 on GPUs without bf16, else fp32) | fp32 | bf16 | fp16",
     "loss_scale": "fp16: initial dynamic loss scale (default: Keras's 32768); halved on each overflow",
     "xla": "compile the per-replica step with XLA",
+    "steps_per_loop": "train steps per device loop; logs and checkpoints at loop ends (default: by device)",
     "seed": "random seed (weights, shuffling, augmentation; not the validation split, which is fixed)",
     "model_dir": "checkpoints, logs and config; rerunning the same command resumes from here",
     "checkpoint_steps": "also checkpoint every N steps (0: once per epoch)",
@@ -103,7 +109,9 @@ HELP = {
     "ten_crop": "evaluate with 10 crops",
     "export": "export a SavedModel at the end",
     "export_dir": "SavedModel root (TF Serving layout <dir>/<name>/<version>)",
-    "progress": "show a progress bar",
+    "export_name": "TF Serving model name (default: the run directory's name)",
+    "progress": "show a progress bar (a line per interval when stdout is not a terminal)",
+    "tf_logs": "let TensorFlow's own INFO/WARNING logs through (quiet by default)",
 }
 
 CHOICES = {
@@ -111,7 +119,7 @@ CHOICES = {
     "augment": ("cifar", "pad_crop", "scale", "inception", "none"),
     "mean": ("per_pixel", "rgb", "none"),
     "schedule": ("step", "cosine"),
-    "precision": ("fp32", "bf16", "fp16"),
+    "precision": ("auto", "fp32", "bf16", "fp16"),
 }
 
 
@@ -216,7 +224,11 @@ RUNTIME_FIELDS = frozenset(
         "ten_crop",
         "export",
         "export_dir",
+        "export_name",
         "progress",
+        "tf_logs",
+        "steps_per_loop",
+        "num_examples",
     }
 )
 

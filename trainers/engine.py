@@ -91,6 +91,8 @@ def decayed(model, config):
 
 class Trainer:
     def __init__(self, config, recipe_name="train"):
+        if config.precision == "auto":
+            config.precision = "fp32"  # replaced by trainers.hardware's choice
         self.config = config
         _refuse_xla_with_sync_bn(config, config.gpus or config.cpu_replicas or 1)
         self.strategy = make_strategy(config.gpus, config.cpu_replicas)  # before anything touches TF devices
