@@ -10,8 +10,9 @@ import tensorflow as tf
 from events import scalars
 
 from trainers import config as config_lib
-from trainers import data, engine, recipes
+from trainers import data, loop, recipes, run_dir
 from trainers.config import Config
+from trainers.tasks import classification
 
 TRAIN = 1024  # synthetic training examples
 BATCH = 64
@@ -51,11 +52,11 @@ def weights(trainer):
 def test_top_k_breaks_ties_instead_of_counting_them():
     labels = tf.constant([0, 3, 9, 2])
     flat = tf.zeros([4, 10])  # an untrained model: every class tied
-    assert float(engine.top_k_hits(labels, flat, 5)) == 3  # labels 0, 3 and 2: the first five ids, not all ten
-    assert float(engine.top_k_hits(labels, flat, 1)) == 1
+    assert float(classification.top_k_hits(labels, flat, 5)) == 3  # labels 0, 3 and 2: the first five ids, not all ten
+    assert float(classification.top_k_hits(labels, flat, 1)) == 1
     scores = tf.constant([[0.1, 0.9, 0.0], [0.5, 0.2, 0.3]])
-    assert float(engine.top_k_hits(tf.constant([1, 2]), scores, 1)) == 1
-    assert float(engine.top_k_hits(tf.constant([1, 2]), scores, 2)) == 2
+    assert float(classification.top_k_hits(tf.constant([1, 2]), scores, 1)) == 1
+    assert float(classification.top_k_hits(tf.constant([1, 2]), scores, 2)) == 2
 
 
 def test_ten_crop_scores_keep_underflowed_classes_apart():
@@ -63,16 +64,16 @@ def test_ten_crop_scores_keep_underflowed_classes_apart():
     logits[:, :, 0] = 0.0  # class 0 certain; exp(-1000) underflows to 0 for the rest
     logits[:, 0, 7] = -200.0  # image 0: class 7 a distant second
     logits[:, 1, 4] = -300.0  # image 1: class 4 a distant second
-    scores = engine.mean_crop_log_probabilities(tf.reshape(logits, [20, 10]), 10)
+    scores = classification.mean_crop_log_probabilities(tf.reshape(logits, [20, 10]), 10)
     assert np.isfinite(scores.numpy()).all()
-    hits = engine.top_k_hits(tf.constant([7, 7]), scores, 5)
+    hits = classification.top_k_hits(tf.constant([7, 7]), scores, 5)
     assert float(hits) == 1  # only image 0 has class 7 among its top five
     np.testing.assert_allclose(scores.numpy()[:, 0], 0.0, atol=1e-6)
 
 
 def test_logits_are_float32_under_mixed_precision():
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    model = engine.build_model(Config(model="resnet20", image_size=8), 10)
+    model = classification.build_model(Config(model="resnet20", image_size=8), 10)
     assert model.get_layer("predictions").compute_dtype == "float32"
     assert model.get_layer("conv1_conv").compute_dtype == "bfloat16"
     # Two classes whose logits differ below bf16's resolution are still told apart.
@@ -93,15 +94,15 @@ def test_per_pixel_mean_samples_every_class(tmp_path, monkeypatch):
             (tmp_path / "images" / name / f"{i:02d}.png").write_bytes(tf.io.encode_png(pixels).numpy())
     config = Config(data=f"folder:{tmp_path / 'images'}", image_size=8, validation_split=9, mean="per_pixel")
     source = data.open_source(config.data, validation_split=9)
-    full = engine.compute_mean(config, source)
+    full = classification.compute_mean(config, source)
     assert source.bad_images.seen == 0  # a statistics pass is not a training epoch: it counts nothing
     true = np.zeros(3)
     for name, colour in colours.items():
         kept = sum(str(p).split("/")[-2] == name for p in source._files["train"][0])
         true += np.array(colour) * kept / 81
     np.testing.assert_allclose(full.mean(axis=(0, 1)), true, atol=0.01)  # the whole split: exact
-    monkeypatch.setattr(engine, "MEAN_IMAGES", 27)
-    sample = engine.compute_mean(config, source).mean(axis=(0, 1))
+    monkeypatch.setattr(classification, "MEAN_IMAGES", 27)
+    sample = classification.compute_mean(config, source).mean(axis=(0, 1))
     assert np.all(np.abs(sample - true) < 50), sample  # in class order it was [255, 51, 0]
 
 
@@ -110,10 +111,10 @@ def test_per_pixel_mean_samples_every_class(tmp_path, monkeypatch):
 
 def test_a_crash_in_the_epoch_end_evaluation_is_redone_on_resume(tmp_path):
     steps = 2 * STEPS_PER_EPOCH
-    reference = engine.Trainer(tiny(tmp_path, "reference", steps=steps)).fit()
+    reference = loop.Loop(tiny(tmp_path, "reference", steps=steps)).fit()
 
     config = tiny(tmp_path, steps=steps, checkpoint_steps=STEPS_PER_EPOCH)  # one falls on the boundary
-    crashing = engine.Trainer(config)
+    crashing = loop.Loop(config)
 
     def crash():
         raise RuntimeError("evaluation crashed")
@@ -123,7 +124,7 @@ def test_a_crash_in_the_epoch_end_evaluation_is_redone_on_resume(tmp_path):
         crashing.fit()
     assert tf.train.latest_checkpoint(config.model_dir + "/checkpoints").endswith(f"-{STEPS_PER_EPOCH}")
 
-    resumed = engine.Trainer(dataclasses.replace(config)).fit()
+    resumed = loop.Loop(dataclasses.replace(config)).fit()
     # Epoch 2's running totals start from zero, not from the crashed epoch's.
     assert resumed["train_loss"] == pytest.approx(reference["train_loss"], rel=1e-4)
     assert resumed["train_top1"] == pytest.approx(reference["train_top1"], rel=1e-4)
@@ -135,7 +136,7 @@ def test_a_crash_in_the_epoch_end_evaluation_is_redone_on_resume(tmp_path):
 
 
 def test_the_final_evaluation_is_the_last_epochs(tmp_path):
-    trainer = engine.Trainer(tiny(tmp_path, steps=2 * STEPS_PER_EPOCH))
+    trainer = loop.Loop(tiny(tmp_path, steps=2 * STEPS_PER_EPOCH))
     calls = []
     evaluate = trainer.evaluate
     trainer.evaluate = lambda: calls.append(1) or evaluate()
@@ -143,7 +144,7 @@ def test_the_final_evaluation_is_the_last_epochs(tmp_path):
     assert len(calls) == 2  # once per epoch, not a third time at the end
     assert result["validation"]["loss"] == pytest.approx(result["val_loss"])
     # Rerunning a finished run trains nothing and evaluates once.
-    again = engine.Trainer(tiny(tmp_path, steps=2 * STEPS_PER_EPOCH))
+    again = loop.Loop(tiny(tmp_path, steps=2 * STEPS_PER_EPOCH))
     again_calls = []
     evaluate = again.evaluate
     again.evaluate = lambda: again_calls.append(1) or evaluate()
@@ -152,22 +153,22 @@ def test_the_final_evaluation_is_the_last_epochs(tmp_path):
 
 
 def test_a_rerun_with_other_settings_is_refused_not_resumed(tmp_path):
-    engine.Trainer(tiny(tmp_path)).fit()
+    loop.Loop(tiny(tmp_path)).fit()
     saved = (tmp_path / "run" / "config.json").read_text()
     with pytest.raises(ValueError, match=r"other settings \(lr: 0\.1 -> 0\.05; seed: 0 -> 3\)"):
-        engine.Trainer(tiny(tmp_path, lr=0.05, seed=3))
+        loop.Loop(tiny(tmp_path, lr=0.05, seed=3))
     assert (tmp_path / "run" / "config.json").read_text() == saved  # untouched
     # Where files go and how often to log may change: that is the same run.
-    engine.Trainer(tiny(tmp_path, log_steps=5, keep_checkpoints=1, export_dir=str(tmp_path / "elsewhere")))
+    loop.Loop(tiny(tmp_path, log_steps=5, keep_checkpoints=1, export_dir=str(tmp_path / "elsewhere")))
 
 
 def test_the_default_model_dir_is_named_after_the_settings():
     base = tiny(pathlib.Path("unused"), model_dir=None)
-    name = engine.default_model_dir("cifar10", base)
+    name = run_dir.default_model_dir("cifar10", base)
     assert name.startswith("runs/cifar10-resnet20-synthetic-")
-    assert engine.default_model_dir("cifar10", dataclasses.replace(base, lr=0.05)) != name
-    assert engine.default_model_dir("cifar10", dataclasses.replace(base, seed=1)) != name
-    assert engine.default_model_dir("cifar10", dataclasses.replace(base, log_steps=7, progress=True)) == name
+    assert run_dir.default_model_dir("cifar10", dataclasses.replace(base, lr=0.05)) != name
+    assert run_dir.default_model_dir("cifar10", dataclasses.replace(base, seed=1)) != name
+    assert run_dir.default_model_dir("cifar10", dataclasses.replace(base, log_steps=7, progress=True)) == name
     assert config_lib.differences(base, dataclasses.replace(base, export_dir="x", cpu_replicas=2)) == []
 
 
@@ -176,7 +177,7 @@ def test_the_default_model_dir_is_named_after_the_settings():
 
 def test_fp16_skipped_steps_do_not_move_the_schedule_off_the_updates(tmp_path):
     config = tiny(tmp_path, precision="fp16", steps=6, decay_steps=[3], decay_at=None, loss_scale=2.0**40)
-    trainer = engine.Trainer(config)  # a loss scale that overflows for the first few steps
+    trainer = loop.Loop(config)  # a loss scale that overflows for the first few steps
     result = trainer.fit()
     skipped = int(trainer.skipped.numpy())
     assert skipped > 0, "the test needs at least one overflow"
@@ -192,5 +193,5 @@ def test_fp16_skipped_steps_do_not_move_the_schedule_off_the_updates(tmp_path):
 def test_xla_with_sync_bn_on_several_replicas_is_refused_before_any_work(tmp_path):
     config = tiny(tmp_path, xla=True, sync_bn=True, cpu_replicas=2)
     with pytest.raises(ValueError, match=r"--xla with --sync-bn on 2 replicas: .* Drop --xla or --sync-bn"):
-        engine.Trainer(config)
+        loop.Loop(config)
     assert not (tmp_path / "run").exists()

@@ -370,7 +370,7 @@ def trainer_dir(path, saved):
 
 
 def test_export_model_dir_restores_the_checkpoint(tmp_path):
-    from trainers.engine import build_model
+    from trainers.tasks.classification import build_model
 
     keras.utils.set_random_seed(12)
     config = config_lib.Config(model="resnet20", num_classes=10, image_size=32)
@@ -392,7 +392,7 @@ def test_export_model_dir_restores_the_checkpoint(tmp_path):
     ],
 )
 def test_export_refuses_a_checkpoint_that_does_not_fit(tmp_path, saved, detail):
-    from trainers.engine import build_model
+    from trainers.tasks.classification import build_model
 
     model_dir = str(tmp_path / "run")
     resnet20 = config_lib.Config(model="resnet20", num_classes=10, image_size=32)

@@ -155,7 +155,7 @@ def test_export_after_bf16_training_matches_keras(tmp_path):
     import keras
 
     from trainers import config as config_lib
-    from trainers.engine import build_model
+    from trainers.tasks.classification import build_model
 
     model_dir = tmp_path / "run"
     result = train(tmp_path, "--steps", "3", "--precision", "bf16", "--image-size", "16", "--model-dir", str(model_dir))
@@ -354,7 +354,7 @@ def test_benchmark_prints_a_ratio_table(tmp_path):
 
 @pytest.mark.parametrize("text", ["3,2", "0", "a,b", "1,2,3"])
 def test_bad_profile_steps_are_refused(text):
-    from trainers.engine import _profile_range
+    from trainers.loop import _profile_range
 
     with pytest.raises(ValueError, match="expected A,B with 1 <= A <= B"):
         _profile_range(text)

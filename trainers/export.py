@@ -405,34 +405,28 @@ def export_saved_model(
     return path
 
 
-def export_model_dir(model_dir, export_dir=None, checkpoint=None):
+def export_model_dir(model_dir, export_dir=None, checkpoint=None, name=None):
     """Rebuild the network a trainer left in `model_dir`, restore its last checkpoint, export it."""
-    from trainers import config as config_lib
     from trainers.data.augment import CENTRAL_CROP_EVAL
-    from trainers.engine import build_model
+    from trainers.run_dir import RunDir
 
-    config_path = os.path.join(model_dir, "config.json")
-    if not os.path.exists(config_path):
-        raise ValueError(
-            f"{model_dir} has no config.json: it is not a trainer's --model-dir "
-            "(expected config.json, normalization.npz and checkpoints/ from python -m trainers.cifar10/imagenet)."
-        )
-    config = config_lib.read(config_path)
-    norm = np.load(os.path.join(model_dir, "normalization.npz"))
-    checkpoint = checkpoint or tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    run_dir = RunDir(model_dir)
+    config = run_dir.read_config()
+    norm = run_dir.read_normalization()
+    checkpoint = checkpoint or run_dir.latest_checkpoint()
     if checkpoint is None:
         raise ValueError(f"{model_dir}/checkpoints holds no checkpoint yet: train first, then export.")
     keras.mixed_precision.set_global_policy("float32")
-    model = build_model(config, config.num_classes)
+    model = run_dir.rebuild_model(config)
     _restore(model, checkpoint, model_dir, config)
     return export_saved_model(
         model,
         export_dir or config.export_dir,
-        config.model,
+        name or config.export_name or config.model,
         image_size=config.image_size,
         mean=norm["mean"],
         logits=True,
-        class_names=[str(c) for c in norm["class_names"]],
+        class_names=norm["class_names"],
         resize="central_crop" if config.augment in CENTRAL_CROP_EVAL else "stretch",
     )
 

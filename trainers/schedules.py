@@ -89,3 +89,27 @@ def from_config(config, steps_per_epoch, total_steps):
         constant_lr=constant_lr,
         constant_steps=config.warmup_lr_steps,
     )
+
+
+def describe(schedule, config):
+    """What the run will really do, for the start log; a warning when no lr drop falls inside the run."""
+    peak = schedule.peak_lr
+    scaled = f" ({config.lr:g} x {config.batch_size}/{config.lr_batch} linear scaling)" if peak != config.lr else ""
+    parts = [f"lr {peak:g}{scaled}"]
+    if schedule.warmup_steps:
+        parts.append(f"linear warm-up over {schedule.warmup_steps} steps")
+    if schedule.constant_steps:
+        parts.append(f"{schedule.constant_lr:g} for the first {schedule.constant_steps} steps")
+    if schedule.kind == "cosine":
+        parts.append(f"cosine decay to 0 at step {schedule.total_steps}")
+    elif schedule.boundaries:
+        parts.append(f"/10 at steps {', '.join(map(str, schedule.boundaries))} of {schedule.total_steps}")
+    else:
+        parts.append(f"constant for {schedule.total_steps} steps")
+    warning = None
+    if schedule.kind == "step" and schedule.boundaries and min(schedule.boundaries) >= schedule.total_steps:
+        warning = (
+            f"every lr drop ({', '.join(map(str, schedule.boundaries))}) lies at or past the run's last step "
+            f"{schedule.total_steps}: the lr never decays. Use --decay-at fractions or fewer --decay-steps."
+        )
+    return ", ".join(parts), warning

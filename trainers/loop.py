@@ -1,0 +1,579 @@
+"""The one training loop, for every task and every strategy (Mirrored, MultiWorkerMirrored, TPU).
+
+Keras 3.15's `model.fit` breaks under MultiWorkerMirroredStrategy (keras-team/keras#20585), so this is
+the Model Garden's shape: `strategy.run` + `GradientTape` + a Keras optimizer, `steps_per_loop` steps
+inside one tf.function so the devices never wait on the host between steps. The host reads the step
+and the metrics once per loop, and logs, checkpoints and honours SIGTERM/SIGINT at loop ends.
+"""
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import signal
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from trainers import replicas, schedules
+from trainers.logs import Board, log
+
+try:
+    from trainers.logs import Progress
+except ImportError:  # transitional: logs.Progress is being written
+
+    class Progress:
+        def __init__(self, total, enabled=True):
+            self.bar = keras.utils.Progbar(total, stateful_metrics=["loss", "top1", "img/s"], verbose=int(enabled))
+
+        def update(self, done, values):
+            self.bar.update(done, list(values.items()))
+
+        def close(self):
+            pass
+
+
+from trainers.run_dir import RunDir, default_model_dir
+from trainers.strategy import make_strategy
+
+POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+# Steps per device loop when --steps-per-loop is not given: enough to hide the host's work between
+# steps on an accelerator, few enough that the CPU's progress bar still moves.
+DEFAULT_STEPS_PER_LOOP = {"CPU": 10, "GPU": 100, "TPU": 500}
+EXIT_CODES = {"SIGTERM": 143, "SIGINT": 130}
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGINT stopped the run after saving a checkpoint at `step`; rerunning resumes there."""
+
+    def __init__(self, signal_name, step, checkpoint, model_dir):
+        self.signal_name, self.step, self.checkpoint, self.model_dir = signal_name, step, checkpoint, model_dir
+        self.exit_code = EXIT_CODES.get(signal_name, 1)
+        super().__init__(
+            f"{signal_name}: interrupted at step {step}; checkpoint {checkpoint}. "
+            "Rerun the same command to resume from there."
+        )
+
+
+def resolve_precision(name):
+    """`auto` -> the precision this machine computes fastest (trainers.hardware decides)."""
+    if name != "auto":
+        return name
+    try:
+        from trainers import hardware
+    except ImportError:
+        return "fp32"
+    return hardware.auto_precision()
+
+
+def decayed(model, config):
+    """Variables under weight decay: all, or (--no-bn-decay) conv/dense kernels only."""
+    if config.bn_decay:
+        return list(model.trainable_variables)
+    return [v for v in model.trainable_variables if len(v.shape) > 1]
+
+
+class Loop:
+    """Trains `task` under `config`: set-up checks everything before writing a file into the run dir."""
+
+    def __init__(self, config, task=None, recipe_name="train"):
+        from trainers.tasks import task_for
+
+        config = dataclasses.replace(config, precision=resolve_precision(config.precision))
+        _refuse_xla_with_sync_bn(config, config.gpus or config.cpu_replicas or 1)
+        self.strategy = make_strategy(config.gpus, config.cpu_replicas)  # before anything touches TF devices
+        keras.mixed_precision.set_global_policy(POLICIES[config.precision])
+        keras.utils.set_random_seed(config.seed)
+        replicas_n = self.strategy.num_replicas_in_sync
+        _refuse_xla_with_sync_bn(config, replicas_n)
+        if config.batch_size % replicas_n:
+            raise ValueError(f"--batch-size {config.batch_size} must divide evenly over {replicas_n} replicas.")
+        if config.steps is None and config.epochs is None:
+            raise ValueError("Say how long to train: --epochs N or --steps N.")
+        self.profile = _profile_range(config.profile_steps)  # refuse a bad range before any work
+        config.model_dir = config.model_dir or default_model_dir(recipe_name, config)
+        self.model_dir = config.model_dir
+        self.run_dir = RunDir(self.model_dir)
+        self.multi_worker = self.strategy.extended._in_multi_worker_mode()
+        self.chief = _is_chief(self.strategy)
+        self.task = task or task_for(config)
+        self.task.config = config
+        self.task.open(self.multi_worker)
+        self.config = config = self.task.effective_config()
+        self.task.config = config
+        train_examples = self.task.examples("train")
+        self.steps_per_epoch = train_examples // config.batch_size
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"{config.data} has {train_examples} training examples, fewer than one batch of "
+                f"{config.batch_size}: lower --batch-size or add data."
+            )
+        self.total_steps = int(config.steps or round(config.epochs * self.steps_per_epoch))
+        self.steps_per_loop = config.steps_per_loop or _default_steps_per_loop(self.strategy)
+        self.run_dir.check_resumable(config)
+        resuming = self.run_dir.has_checkpoint()
+        self.task.prepare(self.run_dir, resuming)
+        with self.strategy.scope():
+            self.model = self.task.build_model()
+            self.schedule = schedules.from_config(config, self.steps_per_epoch, self.total_steps)
+            optimizer = keras.optimizers.SGD(self.schedule, momentum=config.momentum)
+            if config.precision == "fp16":
+                scale = {} if config.loss_scale is None else {"initial_scale": config.loss_scale}
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer, **scale)
+            optimizer.build(self.model.trainable_variables)
+            self.optimizer = optimizer
+            # Updates applied: the schedule's step (an fp16 step skipped for overflow applies none).
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+            # Where the data stands: batches taken, so an epoch and a resume are positions in the data.
+            self.batches = tf.Variable(0, dtype=tf.int64, trainable=False, name="batches")
+            # The batch position whose end-of-epoch evaluation is done (a crash in between redoes it).
+            self.evaluated_at = tf.Variable(0, dtype=tf.int64, trainable=False, name="evaluated_at")
+            self.skipped = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_steps")  # fp16 overflows
+            # The task's sums and the examples so far this epoch: a mid-epoch resume keeps them.
+            width = len(self.task.metric_names) + 1
+            self.epoch_totals = tf.Variable(tf.zeros(width, tf.float64), trainable=False, name="epoch_totals")
+        self.decayed = decayed(self.model, config)
+        self.moving_statistics = replicas.moving_statistics(self.model)
+        self.checkpoint = tf.train.Checkpoint(
+            model=self.model,
+            optimizer=self.optimizer,
+            step=self.step,
+            batches=self.batches,
+            evaluated_at=self.evaluated_at,
+            skipped=self.skipped,
+            epoch_totals=self.epoch_totals,
+        )
+        # Every worker saves (MultiWorkerMirrored needs all of them to); only the chief's copy is kept.
+        own_dir = (
+            self.run_dir.checkpoint_dir
+            if self.chief
+            else os.path.join(self.model_dir, f".worker-{_task_id(self.strategy)}")
+        )
+        self.manager = tf.train.CheckpointManager(self.checkpoint, own_dir, max_to_keep=config.keep_checkpoints)
+        self._train_loop = self._make_train_loop()
+        self._eval_loop = self._make_eval_loop()
+        self._agree = self._make_agreement()
+        self.timings = []  # (step, images, seconds) per device loop: what the benchmark reads
+        self._signal = None
+        # Everything is checked: only now does the run dir get its files.
+        if self.chief:
+            self.run_dir.write_config(config)
+            self.task.save(self.run_dir)
+        self.board = Board(self.run_dir.log_dir) if self.chief else None
+
+    # -- steps ----------------------------------------------------------------------------------------
+    def _make_train_loop(self):
+        config, model, optimizer, task = self.config, self.model, self.optimizer, self.task
+        replicas_n = self.strategy.num_replicas_in_sync
+        wd = config.weight_decay
+
+        def gradients(batch):
+            with tf.GradientTape() as tape:
+                loss_sum, sums = task.train_loss(model, batch)
+                loss = tf.cast(loss_sum, tf.float32) / config.batch_size
+                if wd:
+                    # Caffe's weight decay (grad += wd * w), once per global step: each replica adds 1/N.
+                    loss += wd * tf.add_n([tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in self.decayed]) / replicas_n
+                scaled = optimizer.scale_loss(loss) if config.precision == "fp16" else loss
+            return tape.gradient(scaled, model.trainable_variables), sums
+
+        if config.xla:
+            # Only the replica's own math: the optimizer's cross-replica all-reduce stays outside XLA,
+            # where jit_compile under MirroredStrategy breaks.
+            gradients = tf.function(gradients, jit_compile=True)
+
+        def replica_step(batch):
+            grads, sums = gradients(batch)
+            replicas.apply_gradients(optimizer, grads, model.trainable_variables)
+            replicas.average(self.moving_statistics)
+            return sums
+
+        @tf.function
+        def train_loop(iterator, steps):
+            """Up to `steps` steps without leaving the device; returns how many the data allowed."""
+            done = tf.constant(0, tf.int64)
+            for _ in tf.range(steps):
+                batch = iterator.get_next_as_optional()
+                if not batch.has_value():
+                    break
+                sums = self.strategy.run(replica_step, args=(batch.get_value(),))
+                self.epoch_totals.assign_add(self.strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None))
+                updates = tf.cast(tf.convert_to_tensor(optimizer.iterations), tf.int64)
+                self.skipped.assign_add(1 - (updates - self.step))
+                self.step.assign(updates)
+                self.batches.assign_add(1)
+                done += 1
+            return done
+
+        return train_loop
+
+    def _make_eval_loop(self):
+        width = len(self.task.metric_names) + 1
+
+        @tf.function
+        def eval_loop(iterator, steps):
+            totals = tf.zeros(width, tf.float64)
+            done = tf.constant(0, tf.int64)
+            for _ in tf.range(steps):
+                batch = iterator.get_next_as_optional()
+                if not batch.has_value():
+                    break
+                sums = self.strategy.run(self.task.eval_sums, args=(self.model, batch.get_value()))
+                totals += self.strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
+                done += 1
+            return totals, done
+
+        return eval_loop
+
+    def _make_agreement(self):
+        """Under MultiWorkerMirrored a signal reaches one worker: all must stop (and save) together."""
+        if not self.multi_worker:
+            return lambda flag: flag
+
+        @tf.function
+        def any_worker(flag):
+            per_replica = self.strategy.run(lambda f: f, args=(flag,))
+            return self.strategy.reduce(tf.distribute.ReduceOp.MAX, per_replica, axis=None)
+
+        return lambda flag: bool(any_worker(tf.constant(1.0 if flag else 0.0)).numpy() > 0)
+
+    def _distributed(self, split, epoch=0, skip=0):
+        def make(context):
+            return self.task.dataset(split, epoch=epoch, skip_batches=skip, input_context=context)
+
+        return self.strategy.distribute_datasets_from_function(make)
+
+    # -- public ---------------------------------------------------------------------------------------
+    def evaluate(self):
+        totals = np.zeros(len(self.task.metric_names) + 1)
+        iterator = iter(self._distributed("validation"))
+        chunk = tf.constant(max(self.steps_per_loop, 1), tf.int64)
+        while True:
+            sums, done = self._eval_loop(iterator, chunk)
+            totals += sums.numpy()
+            if int(done) < int(chunk):
+                break
+        self.task.check_pass("validation", self.task.examples("validation"), totals[-1])
+        return self.task.summarize(totals)
+
+    def fit(self):
+        config = self.config
+        restored = self.run_dir.latest_checkpoint()
+        if restored:
+            self.checkpoint.restore(restored).assert_existing_objects_matched()
+        start = int(self.step.numpy())
+        if restored:
+            log.info("Resumed from step %d (%s)", start, restored)
+        else:
+            log.info("Starting %s from scratch in %s", config.model, self.model_dir)
+            if self.board:
+                self.board.hparams(config)
+        self._log_start()
+        history = {}
+        with self._signals():
+            if self._pending_evaluation():  # a crash after the epoch's last step, before its evaluation
+                history = self._end_epoch((int(self.batches.numpy()) - 1) // self.steps_per_epoch, 0.0, 0)
+            while int(self.step.numpy()) < self.total_steps:
+                history = self._run_epoch()
+        if history.get("validation"):
+            final = history.pop("validation")
+        else:
+            log.info("%s is already trained to step %d: evaluating only.", self.model_dir, start)
+            final = self.evaluate()
+        if not self.chief:
+            shutil.rmtree(self.manager.directory, ignore_errors=True)
+        return {"step": int(self.step.numpy()), "validation": final, "model_dir": self.model_dir, **history}
+
+    def export(self):
+        """Export the last checkpoint, the same path as `python -m trainers.export --model-dir`."""
+        path = self.task.export(self.run_dir, self.config.export_dir, self.config.export_name)
+        if path:
+            log.info("Exported SavedModel to %s", path)
+        return path
+
+    # -- epochs ---------------------------------------------------------------------------------------
+    def _log_start(self):
+        config = self.config
+        log.info(
+            "%s on %s: %d replicas (%s), %d steps of batch %d (%d steps/epoch, %d per device loop), precision %s",
+            config.model,
+            config.data,
+            self.strategy.num_replicas_in_sync,
+            type(self.strategy).__name__,
+            self.total_steps,
+            config.batch_size,
+            self.steps_per_epoch,
+            self.steps_per_loop,
+            config.precision,
+        )
+        for line in self.task.describe():
+            log.info("%s", line)
+        described, warning = schedules.describe(self.schedule, config)
+        log.info("Schedule: %s", described)
+        if warning:
+            log.warning("%s", warning)
+
+    def _pending_evaluation(self):
+        position = int(self.batches.numpy())
+        boundary = position % self.steps_per_epoch == 0 or int(self.step.numpy()) >= self.total_steps
+        return position > 0 and boundary and int(self.evaluated_at.numpy()) != position
+
+    def _run_epoch(self):
+        epoch, skip = divmod(int(self.batches.numpy()), self.steps_per_epoch)
+        if skip == 0:
+            self.epoch_totals.assign(tf.zeros_like(self.epoch_totals))
+        remaining = self.steps_per_epoch - skip
+        progress = (
+            Progress(min(remaining, self.total_steps - int(self.step.numpy())), enabled=self.config.progress)
+            if self.chief
+            else None
+        )
+        log.info("Epoch %d/%d", epoch + 1, -(-self.total_steps // self.steps_per_epoch))
+        if self.board and epoch == 0 and skip == 0:
+            self._image_grid()
+        try:
+            images_seen, seconds, done = self._train_batches(epoch, skip, remaining, progress)
+        except tf.errors.InvalidArgumentError:
+            if hasattr(self.task, "on_pipeline_error"):
+                self.task.on_pipeline_error()
+            raise
+        finally:
+            if progress:
+                progress.close()
+        if done < remaining and int(self.step.numpy()) < self.total_steps:
+            # Fewer batches than counted (bad images took whole batches, or the count is off): the epoch
+            # is over all the same; the next one starts at its own position, never re-reading this one.
+            log.warning("Epoch %d ended after %d of %d batches (fewer readable examples than counted).",
+                        epoch + 1, skip + done, self.steps_per_epoch)  # fmt: skip
+            self.batches.assign((epoch + 1) * self.steps_per_epoch)
+        return self._end_epoch(epoch, seconds, images_seen)
+
+    def _image_grid(self):
+        sample = getattr(self.task, "sample_images", lambda batch: None)
+        batch = next(iter(self._distributed("train")))
+        images = sample(self.strategy.experimental_local_results(batch)[0])
+        if images is not None:
+            self.board.image_grid(images, 0)
+
+    def _loop_length(self, step, done, remaining):
+        """Steps in the next device loop: it ends where the host must act (checkpoint, profile, end)."""
+        n = min(self.steps_per_loop, remaining - done, self.total_steps - step)
+        if self.config.checkpoint_steps:
+            n = min(n, self.config.checkpoint_steps - step % self.config.checkpoint_steps)
+        if self.profile:
+            first, last = self.profile
+            if step < first - 1:
+                n = min(n, first - 1 - step)
+            elif step < last:
+                n = min(n, last - step)
+        return max(n, 1)
+
+    def _train_batches(self, epoch, skip, remaining, progress):
+        config = self.config
+        images_seen, seconds, done = 0, 0.0, 0
+        counted = self.epoch_totals.numpy()[-1]
+        iterator = iter(self._distributed("train", epoch, skip))
+        step = int(self.step.numpy())
+        while done < remaining and step < self.total_steps:
+            n = self._loop_length(step, done, remaining)
+            if self.profile and step + 1 == self.profile[0]:
+                tf.profiler.experimental.start(os.path.join(self.run_dir.log_dir, "train"))
+            t0 = time.perf_counter()
+            ran = int(self._train_loop(iterator, tf.constant(n, tf.int64)))
+            sums = self.epoch_totals.numpy()  # waits for the loop: the time below is the steps'
+            elapsed = time.perf_counter() - t0
+            previous, step = step, int(self.step.numpy())
+            if self.profile and previous < self.profile[-1] <= step:
+                tf.profiler.experimental.stop()
+            done += ran
+            images = int(sums[-1] - counted)
+            counted = sums[-1]
+            images_seen += images
+            seconds += elapsed
+            self.timings.append((step, images, elapsed))
+            rate = images_seen / max(seconds, 1e-9)
+            values = self.task.summarize(sums)
+            if progress:
+                progress.update(done, {**{k: values[k] for k in self.task.metric_names[:2]}, "img/s": rate})
+            if self.board and (previous // config.log_steps != step // config.log_steps or done >= remaining):
+                scalars = {k: values[k] for k in self.task.metric_names}
+                scalars.update(learning_rate=float(self.schedule(max(step - 1, 0))), images_per_second=rate)
+                scalars.update(self._task_counters(), **self._loss_scale())
+                self.board.scalars(self.board.train, step, scalars)
+            if config.checkpoint_steps and step % config.checkpoint_steps == 0 and previous != step:
+                self.manager.save(checkpoint_number=step)
+            self._honour_signal(step)
+            if ran < n:
+                break
+        return images_seen, seconds, done
+
+    def _task_counters(self):
+        count = getattr(self.task, "bad_image_count", None)
+        return {} if count is None else {"skipped_images": count}
+
+    def _end_epoch(self, epoch, seconds, images_seen):
+        """Evaluates at an epoch's end (or the run's), logs, and checkpoints; mid-epoch it only checkpoints."""
+        train = self.epoch_totals.numpy()
+        in_epoch = int(self.batches.numpy()) - epoch * self.steps_per_epoch
+        # A run ending mid-epoch is judged against the whole epoch: a bad image in a short last stretch
+        # is not 1 % of the data set.
+        elements = self.steps_per_epoch * self.config.batch_size
+        self.task.check_pass("training", elements, elements - (in_epoch * self.config.batch_size - train[-1]))
+        values = self.task.summarize(train)
+        summary = {f"train_{k}": values[k] for k in self.task.metric_names[:2]}
+        step, position = int(self.step.numpy()), int(self.batches.numpy())
+        val = None
+        if position % self.steps_per_epoch == 0 or step >= self.total_steps:
+            val = self.evaluate()
+            summary.update({f"val_{k}": val[k] for k in self.task.metric_names})
+            if self.board:
+                scalars = {k: val[k] for k in self.task.metric_names}
+                self.board.scalars(self.board.validation, step, {**scalars, **self._task_counters()})
+            if position % self.steps_per_epoch == 0:
+                self.epoch_totals.assign(tf.zeros_like(self.epoch_totals))
+            self.evaluated_at.assign(position)
+        self.manager.save(checkpoint_number=step)
+        rate = images_seen / max(seconds, 1e-9)
+        log.info(
+            "epoch %d step %d: %s, %.0f img/s%s",
+            epoch + 1,
+            step,
+            ", ".join(f"{k} {v:.4f}" for k, v in summary.items()),
+            rate,
+            "".join(f", {k.replace('_', ' ')} {v}" for k, v in self._task_counters().items()),
+        )
+        summary["images_per_second"] = rate
+        if val is not None:
+            summary["validation"] = val
+        self._honour_signal(step)
+        return summary
+
+    def _loss_scale(self):
+        """fp16: the dynamic loss scale and the batches whose update was skipped for overflow so far."""
+        if self.config.precision != "fp16":
+            return {}
+        return {"loss_scale": float(self.optimizer.dynamic_scale.numpy()), "skipped_steps": int(self.skipped.numpy())}
+
+    # -- preemption -----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _signals(self):
+        """SIGTERM (schedulers, spot VMs) and SIGINT (Ctrl-C) ask for a save at the next loop end."""
+        if not _in_main_thread():
+            yield
+            return
+        previous = {}
+
+        def handler(number, frame):
+            name = signal.Signals(number).name
+            if self._signal == name == "SIGINT":
+                raise KeyboardInterrupt  # a second Ctrl-C: stop now, without saving
+            self._signal = name
+            log.warning("%s received: saving a checkpoint at the end of this device loop.", name)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, handler)
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    def _honour_signal(self, step):
+        if not self._agree(self._signal is not None):
+            return
+        path = self.manager.save(checkpoint_number=step)
+        if not self.chief:
+            path = self.run_dir.checkpoint_dir
+        name = self._signal or "SIGTERM"  # another worker got it
+        log.warning("%s: interrupted at step %d; checkpoint %s. Rerun the same command to resume.", name, step, path)
+        raise Interrupted(name, step, path, self.model_dir)
+
+
+def train(config, task=None, recipe_name="train", export=None):
+    """Train `task` (classification by default) under `config`; returns the result dict.
+
+    Raises `Interrupted` after saving when SIGTERM/SIGINT arrives. `export` (default: config.export)
+    writes the task's SavedModel from the chief.
+    """
+    loop = Loop(config, task, recipe_name)
+    result = loop.fit()
+    result["timings"] = loop.timings
+    result["chief"] = loop.chief
+    if loop.chief and (config.export if export is None else export):
+        result["saved_model"] = loop.export()
+    if loop.chief:
+        loop.run_dir.write_result({k: v for k, v in result.items() if k not in ("timings", "chief")})
+    return result
+
+
+def run(config, recipe_name):
+    """The command line's run: train, evaluate, export; print where everything is."""
+    try:
+        result = train(config, recipe_name=recipe_name)
+    except Interrupted as stop:
+        print(f"\nInterrupted ({stop.signal_name}) at step {stop.step}: rerun the same command to resume.")
+        return stop.exit_code
+    model_dir = result["model_dir"]
+    if not result["chief"]:
+        return 0
+    val = result.get("validation", {})
+    print(
+        f"\nDone: {config.model} step {result['step']}, validation top-1 {val.get('top1', float('nan')):.4f} "
+        f"({val.get('examples', 0)} images)"
+    )
+    if result.get("saved_model"):
+        print(f"SavedModel:  {result['saved_model']}")
+    print(f"Checkpoints: {os.path.join(model_dir, 'checkpoints')}")
+    print(f"TensorBoard: tensorboard --logdir {os.path.join(model_dir, 'logs')}")
+    return 0
+
+
+def _default_steps_per_loop(strategy):
+    device = tf.DeviceSpec.from_string(strategy.extended.worker_devices[0]).device_type or "CPU"
+    return DEFAULT_STEPS_PER_LOOP.get(device.upper(), 1)
+
+
+def _in_main_thread():
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _refuse_xla_with_sync_bn(config, replicas):
+    if config.xla and config.sync_bn and replicas > 1:
+        raise ValueError(
+            f"--xla with --sync-bn on {replicas} replicas: synchronized BatchNorm all-reduces inside the "
+            "step, which XLA cannot compile under MirroredStrategy. Drop --xla or --sync-bn."
+        )
+
+
+def _profile_range(text):
+    """--profile-steps "A,B" (or "A"): profile global steps A..B inclusive, counting from 1."""
+    if not text:
+        return None
+    try:
+        steps = [int(v) for v in str(text).split(",")]
+    except ValueError:
+        steps = []
+    if len(steps) not in (1, 2) or steps[0] < 1 or steps[-1] < steps[0]:
+        raise ValueError(f"--profile-steps {text!r}: expected A,B with 1 <= A <= B (e.g. 10,20), or one step A.")
+    return steps[0], steps[-1]
+
+
+def _cluster(strategy):
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return None, None, {}
+    return resolver.task_type, resolver.task_id, resolver.cluster_spec().as_dict()
+
+
+def _is_chief(strategy):
+    """The chief, or worker 0 of a cluster without one, writes logs, config and checkpoints."""
+    task_type, task_id, cluster = _cluster(strategy)
+    return task_type in (None, "chief") or (task_type == "worker" and task_id == 0 and "chief" not in cluster)
+
+
+def _task_id(strategy):
+    return _cluster(strategy)[1] or 0

@@ -1,0 +1,94 @@
+"""A run directory: what a training run leaves, in one layout that the loop, export and predict read.
+
+DIR/config.json        the settings (training fields decide whether a checkpoint may resume)
+DIR/normalization.npz  the task's input statistics (classification: mean image, class names)
+DIR/checkpoints/       tf.train.CheckpointManager's, newest referenced by its `checkpoint` file
+DIR/logs/              TensorBoard: train/ and validation/
+DIR/result.json        the final numbers
+"""
+
+import hashlib
+import json
+import os
+
+from trainers import config as config_lib
+
+
+def default_model_dir(recipe_name, config):
+    """Deterministic, so rerunning the same command resumes; other training settings, another dir."""
+    fields = json.dumps(config_lib.training_fields(config), sort_keys=True, default=str)
+    digest = hashlib.sha256(fields.encode()).hexdigest()[:8]
+    data_name = config.data.replace(":", "_").replace("/", "_")
+    return os.path.join("runs", f"{recipe_name}-{config.model}-{data_name}-{digest}")
+
+
+class RunDir:
+    def __init__(self, path):
+        self.path = path
+        self.config_path = os.path.join(path, "config.json")
+        self.normalization_path = os.path.join(path, "normalization.npz")
+        self.checkpoint_dir = os.path.join(path, "checkpoints")
+        self.log_dir = os.path.join(path, "logs")
+        self.result_path = os.path.join(path, "result.json")
+
+    def __repr__(self):
+        return f"RunDir({self.path!r})"
+
+    def latest_checkpoint(self):
+        """The newest complete checkpoint: the manager names it only after all its files are written."""
+        import tensorflow as tf
+
+        return tf.train.latest_checkpoint(self.checkpoint_dir)
+
+    def has_checkpoint(self):
+        return self.latest_checkpoint() is not None
+
+    def read_config(self):
+        if not os.path.exists(self.config_path):
+            raise ValueError(
+                f"{self.path} has no config.json: it is not a trainer's --model-dir (expected config.json, "
+                "normalization.npz and checkpoints/ from python -m trainers.cifar10/imagenet)."
+            )
+        return config_lib.read(self.config_path)
+
+    def check_resumable(self, config):
+        """Refuses checkpoints trained under other settings; a dir without checkpoints holds nothing to keep."""
+        if not (os.path.exists(self.config_path) and self.has_checkpoint()):
+            return
+        changed = config_lib.differences(config_lib.read(self.config_path), config)
+        if changed:
+            raise ValueError(
+                f"{self.path} holds checkpoints trained with other settings ({'; '.join(changed)}). "
+                "Resuming them would mix two runs. Rerun with the saved settings to resume, or pass "
+                "another --model-dir (or none: the default one is named after the settings)."
+            )
+
+    def write_config(self, config):
+        os.makedirs(self.path, exist_ok=True)
+        config_lib.save(config, self.config_path)
+
+    def read_normalization(self):
+        """{"mean": array, "class_names": [str]} as the run saved them."""
+        import numpy as np
+
+        if not os.path.exists(self.normalization_path):
+            raise ValueError(f"{self.path} has no normalization.npz: it was not written by a finished set-up.")
+        saved = np.load(self.normalization_path)
+        return {"mean": saved["mean"], "class_names": [str(c) for c in saved["class_names"]]}
+
+    def write_normalization(self, mean, class_names):
+        import numpy as np
+
+        os.makedirs(self.path, exist_ok=True)
+        np.savez(self.normalization_path, mean=mean, class_names=np.array(list(class_names)))
+
+    def write_result(self, result):
+        with open(self.result_path, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2, default=float)
+
+    def rebuild_model(self, config=None):
+        """The network of this run (float32 policy is the caller's choice), weights not restored."""
+        from trainers.tasks import task_for
+
+        config = config or self.read_config()
+        return task_for(config).build_model(config.num_classes)

@@ -1,0 +1,73 @@
+"""The Task protocol: the loop calls these, in this order, and nothing else of a task."""
+
+
+class Task:
+    """One problem. Subclass and fill in; the loop owns strategy, steps, checkpoints, logs and preemption.
+
+    Sums: a train or eval step returns a float64 vector, one entry per name in `metric_names` followed by
+    the number of examples it saw; the loop adds them up over replicas and steps (and keeps the training
+    epoch's in its checkpoint), and `summarize` turns totals into the numbers reported.
+    """
+
+    metric_names = ("loss",)
+    # The name the TensorBoard HParams and the start log use.
+    name = "task"
+
+    def __init__(self, config):
+        self.config = config
+
+    # -- set-up, in the loop's order, before anything is written ------------------------------------
+    def open(self, replicas_in_multi_worker=False):
+        """Opens the data; refuses bad input before the loop writes a file. Sets nothing on the loop."""
+
+    def examples(self, split):
+        """Examples in `split` per pass (training: the loop takes floor(examples / batch) steps an epoch)."""
+        raise NotImplementedError
+
+    def effective_config(self):
+        """The config as run (defaults the data decided filled in); what config.json records."""
+        return self.config
+
+    def prepare(self, run_dir, resuming):
+        """Statistics the model needs (a mean image); read back from `run_dir` when `resuming`."""
+
+    def save(self, run_dir):
+        """Writes what `prepare` computed into `run_dir` (chief only, after all checks passed)."""
+
+    def describe(self):
+        """Lines for the start log: classes, counts, what the data is."""
+        return []
+
+    # -- the model and its steps (inside the strategy's scope / replica context) ---------------------
+    def build_model(self):
+        raise NotImplementedError
+
+    def dataset(self, split, *, epoch=0, skip_batches=0, input_context=None):
+        """A tf.data.Dataset of per-replica batches of `split` ("train" or "validation")."""
+        raise NotImplementedError
+
+    def train_loss(self, model, batch):
+        """(loss summed over this replica's examples, sums) for one replica's batch, training=True."""
+        raise NotImplementedError
+
+    def eval_sums(self, model, batch):
+        """Sums for one replica's validation batch, training=False."""
+        raise NotImplementedError
+
+    def summarize(self, totals):
+        """{name: total / examples} and the example count."""
+        n = max(float(totals[-1]), 1.0)
+        values = {name: float(totals[i]) / n for i, name in enumerate(self.metric_names)}
+        values["examples"] = int(totals[-1])
+        return values
+
+    def check_pass(self, split, elements, examples):
+        """Called after each pass over `elements` windowed inputs of which `examples` were used."""
+
+    def sample_images(self, batch):
+        """Images of a training batch to show in TensorBoard (pixels 0..255), or None."""
+        return None
+
+    def export(self, run_dir, export_dir, name=None):
+        """Writes what a server loads; returns its path. None: this task exports nothing."""
+        return None
