@@ -1,7 +1,10 @@
 """The engine in process, on tiny synthetic or generated data: the numbers it reports are the true ones."""
 
 import dataclasses
+import json
+import os
 import pathlib
+import signal
 
 import keras
 import numpy as np
@@ -12,7 +15,7 @@ from events import scalars
 from trainers import config as config_lib
 from trainers import data, loop, recipes, run_dir
 from trainers.config import Config
-from trainers.tasks import classification
+from trainers.tasks import Task, classification
 
 TRAIN = 1024  # synthetic training examples
 BATCH = 64
@@ -195,3 +198,89 @@ def test_xla_with_sync_bn_on_several_replicas_is_refused_before_any_work(tmp_pat
     with pytest.raises(ValueError, match=r"--xla with --sync-bn on 2 replicas: .* Drop --xla or --sync-bn"):
         loop.Loop(config)
     assert not (tmp_path / "run").exists()
+
+
+# -- device loops and preemption ----------------------------------------------------------------------
+
+
+def checkpoint_step(model_dir):
+    path = tf.train.latest_checkpoint(str(pathlib.Path(model_dir) / "checkpoints"))
+    return int(tf.train.load_variable(path, "step/.ATTRIBUTES/VARIABLE_VALUE"))
+
+
+def test_steps_per_loop_changes_nothing_and_sigterm_mid_epoch_resumes_exactly(tmp_path):
+    """Runs of 8 steps per device loop, stopped by SIGTERM at a step inside the 8-step grid and resumed,
+    train the same weights as one uninterrupted run of single steps: the signal saves at the last
+    completed step, and the rerun continues from exactly there."""
+    steps = STEPS_PER_EPOCH + 4  # into the second epoch
+    one = loop.Loop(tiny(tmp_path, "one", steps=steps, steps_per_loop=1, log_steps=1000))
+    one.fit()
+
+    config = tiny(tmp_path, "stopped", steps=steps, steps_per_loop=8, checkpoint_steps=5, log_steps=1000)
+    stopped = loop.Loop(config)
+    train_loop, calls = stopped._train_loop, []
+
+    def then_sigterm(*args):
+        done = train_loop(*args)
+        calls.append(1)
+        if len(calls) == 2:  # steps 1-5, then 6-10: the signal arrives during the second loop
+            os.kill(os.getpid(), signal.SIGTERM)
+        return done
+
+    stopped._train_loop = then_sigterm
+    with pytest.raises(loop.Interrupted, match="SIGTERM: interrupted at step 10") as stop:
+        stopped.fit()
+    assert stop.value.exit_code == 143 and checkpoint_step(config.model_dir) == 10
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone with the run
+    resumed = loop.Loop(dataclasses.replace(config))
+    assert resumed.fit()["step"] == steps
+    # 11-15 (to the checkpoint step), 16 (the epoch's end), then 8 at a time.
+    assert [images // BATCH for _, images, _ in resumed.timings] == [5, 1, 4]
+    for a, b in zip(weights(one), weights(resumed), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+class Regression(Task):
+    """A toy task defined outside the package: fit y = x . w with a Dense layer, mean squared error."""
+
+    metric_names = ("squared_error",)
+    true_w = np.array([[1.0], [-2.0], [0.5], [3.0]], np.float32)
+
+    def examples(self, split):
+        return 256
+
+    def build_model(self):
+        inputs = keras.Input((4,), name="x")
+        return keras.Model(inputs, keras.layers.Dense(1, use_bias=False, name="w")(inputs))
+
+    def dataset(self, split, *, epoch=0, skip_batches=0, input_context=None):
+        x = np.random.default_rng(epoch if split == "train" else 99).normal(size=(256, 4)).astype(np.float32)
+        batch = (
+            self.config.batch_size
+            if input_context is None
+            else input_context.get_per_replica_batch_size(self.config.batch_size)
+        )
+        return tf.data.Dataset.from_tensor_slices((x, x @ self.true_w)).batch(batch).skip(skip_batches)
+
+    def _sums(self, model, batch, training):
+        x, y = batch
+        error = tf.reduce_sum(tf.square(model(x, training=training) - y), axis=1)
+        count = tf.cast(tf.shape(x)[0], tf.float64)
+        return tf.reduce_sum(error), tf.stack([tf.reduce_sum(tf.cast(error, tf.float64)), count])
+
+    def train_loss(self, model, batch):
+        return self._sums(model, batch, True)
+
+    def eval_sums(self, model, batch):
+        return self._sums(model, batch, False)[1]
+
+
+def test_a_task_defined_outside_trains_through_the_public_api(tmp_path):
+    settings = dict(batch_size=32, lr=0.2, lr_batch=32, momentum=0.0, steps=64, weight_decay=0.0, steps_per_loop=4)
+    config = tiny(tmp_path, "toy", **settings)
+    result = loop.train(config, task=Regression(config), export=False)
+    assert result["step"] == 64 and result["validation"]["examples"] == 256
+    assert result["validation"]["squared_error"] < 1e-3  # from about 14: it learned w
+    assert checkpoint_step(config.model_dir) == 64
+    saved = json.loads((tmp_path / "toy" / "result.json").read_text())
+    assert saved["validation"]["squared_error"] == pytest.approx(result["validation"]["squared_error"])

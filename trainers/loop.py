@@ -352,16 +352,16 @@ class Loop:
 
     def _image_grid(self):
         sample = getattr(self.task, "sample_images", lambda batch: None)
-        batch = next(iter(self._distributed("train")))
-        images = sample(self.strategy.experimental_local_results(batch)[0])
+        images = sample(next(iter(self.task.dataset("train"))))
         if images is not None:
             self.board.image_grid(images, 0)
 
     def _loop_length(self, step, done, remaining):
-        """Steps in the next device loop: it ends where the host must act (checkpoint, profile, end)."""
+        """Steps in the next device loop: it ends where the host must act (log, checkpoint, profile, end)."""
         n = min(self.steps_per_loop, remaining - done, self.total_steps - step)
-        if self.config.checkpoint_steps:
-            n = min(n, self.config.checkpoint_steps - step % self.config.checkpoint_steps)
+        for every in (self.config.log_steps, self.config.checkpoint_steps):  # the same on every worker
+            if every:
+                n = min(n, every - step % every)
         if self.profile:
             first, last = self.profile
             if step < first - 1:
@@ -397,7 +397,7 @@ class Loop:
             values = self.task.summarize(sums)
             if progress:
                 progress.update(done, {**{k: values[k] for k in self.task.metric_names[:2]}, "img/s": rate})
-            if self.board and (previous // config.log_steps != step // config.log_steps or done >= remaining):
+            if self.board and (step % config.log_steps == 0 or done >= remaining or ran < n):
                 scalars = {k: values[k] for k in self.task.metric_names}
                 scalars.update(learning_rate=float(self.schedule(max(step - 1, 0))), images_per_second=rate)
                 scalars.update(self._task_counters(), **self._loss_scale())
