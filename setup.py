@@ -11,6 +11,9 @@ TRAINER = [
     "scikit-learn>=1.3",  # ships the `digits` data the demo trains on
     "pyyaml>=6",
     "pillow>=10",
+    # COCO mAP for detection (trainers.detection.metrics). Not keras-hub: it requires tensorflow-text, which
+    # requires the full `tensorflow` distribution on top of tensorflow-cpu (and hub download clients).
+    "pycocotools>=2.0.7",
 ]
 
 setup(
