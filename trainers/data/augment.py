@@ -1,57 +1,26 @@
 """Decoding, training augmentation and evaluation preprocessing of single images.
 
 All randomness is stateless and seeded per example, so a rerun (or a resumed epoch) sees the same crops
-however many threads tf.data uses. Images come out float32 RGB in 0..255; the engine normalises.
+however many threads tf.data uses. Images come out float32 RGB in 0..255; the task normalises.
+Decoding, resizing and the evaluation crops are `trainers.preprocessing`'s, the definition the exported
+SavedModel serves with too.
 """
 
 import tensorflow as tf
 
+from trainers import preprocessing
+from trainers.preprocessing import center_crop, decode, eval_short_side, resize, resize_shorter  # noqa: F401
+
 AUGMENTATIONS = ("cifar", "pad_crop", "scale", "inception", "none", "center_square")
 # Evaluated on a central crop of a shorter-side resize (ImageNet style); the rest are resized whole.
-CENTRAL_CROP_EVAL = ("scale", "inception")
+CENTRAL_CROP_EVAL = preprocessing.CENTRAL_CROP_AUGMENTS
 CIFAR_PAD = 4
-EVAL_RATIO = 256 / 224
+EVAL_RATIO = preprocessing.EVAL_RATIO
 SCALE_RANGE = (256, 480)  # shorter side at image_size 224, He et al. (2015) section 3.4
 INCEPTION_AREA = (0.05, 1.0)
 INCEPTION_ASPECT = (0.75, 1.33)
 INCEPTION_MIN_COVERED = 0.1
 INCEPTION_ATTEMPTS = 100
-
-
-def eval_short_side(image_size):
-    """Shorter side before the central crop: 256 for 224, scaled for other sizes."""
-    return round(image_size * EVAL_RATIO)
-
-
-def decode(data):
-    """Any of JPEG, PNG, GIF, BMP to uint8 RGB; grayscale and CMYK are converted."""
-    image = tf.io.decode_image(data, channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
-    return image
-
-
-def resize(image, size):
-    """Resize to size x size, skipping interpolation when the image already has that size (CIFAR)."""
-    shape = tf.shape(image)
-    same = tf.equal(shape[0], size) & tf.equal(shape[1], size)
-    image = tf.cond(same, lambda: tf.cast(image, tf.float32), lambda: tf.image.resize(image, [size, size]))
-    return tf.ensure_shape(image, [size, size, 3])
-
-
-def resize_shorter(image, side):
-    """Resize so the shorter side is `side`, keeping the aspect ratio."""
-    hw = tf.cast(tf.shape(image)[:2], tf.float32)
-    side_f = tf.cast(side, tf.float32)
-    new_hw = tf.maximum(tf.cast(tf.round(hw * side_f / tf.reduce_min(hw)), tf.int32), side)
-    same = tf.reduce_all(tf.equal(new_hw, tf.shape(image)[:2]))
-    return tf.cond(same, lambda: tf.cast(image, tf.float32), lambda: tf.image.resize(image, new_hw))
-
-
-def center_crop(image, size):
-    """The central size x size window."""
-    shape = tf.shape(image)
-    top, left = (shape[0] - size) // 2, (shape[1] - size) // 2
-    return tf.ensure_shape(image[top : top + size, left : left + size], [size, size, 3])
 
 
 def _random_crop(image, size, seed):
@@ -135,13 +104,12 @@ def train_image(example, mode, image_size, seed):
 
 
 def eval_image(example, mode, image_size):
-    """Deterministic evaluation preprocessing matching the training augmentation's scale."""
-    image = _pixels(example)
-    if mode in CENTRAL_CROP_EVAL:
-        return center_crop(resize_shorter(image, eval_short_side(image_size)), image_size)
-    if mode == "center_square":  # AlexNet's 256x256 test image, which 10-crop testing cuts up
-        return center_crop(resize_shorter(image, image_size), image_size)
-    return resize(image, image_size)
+    """Deterministic evaluation preprocessing matching the training augmentation's scale.
+
+    `preprocessing.eval_pixels` in the mode of augmentation `mode`: the same function every signature of
+    the exported SavedModel applies, so served and evaluated images are the same tensors.
+    """
+    return preprocessing.eval_pixels(_pixels(example), preprocessing.resize_mode(mode), image_size)
 
 
 def ten_crop(image, image_size):
