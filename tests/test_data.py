@@ -435,6 +435,72 @@ def test_folder_with_train_and_val_subfolders(tmp_path):
     assert (source.num_examples("train"), source.num_examples("validation")) == (9, 3)
 
 
+def test_folder_with_train_and_test_subfolders_validates_on_test(tmp_path, caplog):
+    make_folder(tmp_path / "train", per_class=4)
+    make_folder(tmp_path / "test", per_class=2)
+    with caplog.at_level(logging.INFO, logger="trainers.data"):
+        source = data.open_source(f"folder:{tmp_path}", validation_split=5000)  # the CIFAR recipe's default
+    assert (source.num_examples("train"), source.num_examples("validation")) == (12, 6)
+    assert f"folder:{tmp_path}: training on train/, validating on test/ (--validation-split 5000 is not used)" in (
+        caplog.text
+    )
+    make_folder(tmp_path / "val", per_class=1)  # val/ beats test/, which is then left alone
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="trainers.data"):
+        source = data.open_source(f"folder:{tmp_path}")
+    assert source.num_examples("validation") == 3 and "validating on val/ (test/ is not read)" in caplog.text
+
+
+def test_class_folders_named_like_splits_are_still_classes(tmp_path):
+    make_folder(tmp_path, classes=("test", "train"), per_class=3)
+    source = data.open_source(f"folder:{tmp_path}", validation_split=2)
+    assert source.class_names == ["test", "train"] and source.num_examples("train") == 4
+
+
+@pytest.mark.parametrize(
+    "layout, message",
+    [
+        (
+            {"train": ("cat", "dog"), "valid": ("cat", "dog")},
+            r"mixes split folders \(train/\) with other folders \(valid/\); only train/ and one of "
+            r"validation/, val/ or test/ count as splits",
+        ),
+        (
+            {"train": ("cat",), "validation": ("cat",), "val": ("cat",)},
+            r"has both validation/ and val/; which one validates is ambiguous. Keep one of them",
+        ),
+        ({"val": ("cat",), "test": ("cat",)}, r"has test/, val/ but no train/; a split layout is DIR/train/"),
+        (
+            {"train": ("cat", "dog"), "test": ()},
+            r"test has no class subfolders \(2 images directly in it: an unlabelled test set\?\); in a split layout "
+            r"train/ and one of validation/, val/ or test/ each hold <class_name>/ folders",
+        ),
+    ],
+)
+def test_wrong_split_layouts_name_the_folders_that_count(tmp_path, layout, message):
+    for split, classes in layout.items():
+        if classes:
+            make_folder(tmp_path / split, classes=classes, per_class=2)
+        else:
+            (tmp_path / split).mkdir()
+            for i in range(2):
+                (tmp_path / split / f"{i}.jpg").write_bytes(_encode(_pixels(i)))
+    with pytest.raises(DataError, match=message):
+        data.open_source(f"folder:{tmp_path}")
+
+
+def test_holding_out_more_than_the_folder_has_says_what_to_pass(tmp_path):
+    make_folder(tmp_path, per_class=10)
+    with pytest.raises(DataError) as error:
+        data.open_source(f"folder:{tmp_path}", validation_split=5000)
+    assert str(error.value) == (
+        f"folder:{tmp_path}: cannot hold out 5000 of only 30 examples for validation; pass --validation-split 0.1 "
+        "(a tenth: 3 of 30) or a count from 1 to 29, e.g. --validation-split 3"
+    )
+    with pytest.raises(DataError, match=r"--validation-split 0.01 of 30 examples holds out none; pass "):
+        data.open_source(f"folder:{tmp_path}", validation_split=0.01)
+
+
 def test_ten_crop():
     image = tf.constant(_pixels(0, size=40)[:, :30])  # 40 x 30: shorter side 30 -> 37 for image_size 32
     crops = data.ten_crop(image, 32)

@@ -18,13 +18,15 @@ from trainers.data.splits import SPLIT_SEED, epoch_order, holdout_count, split_i
 from trainers.data.validity import file_looks_decodable
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-VALIDATION_DIRS = ("validation", "val")
+VALIDATION_DIRS = ("validation", "val", "test")  # the first one present is the validation split
+SPLIT_DIRS = ("train", *VALIDATION_DIRS)
 SCAN_SAMPLE = 2000  # files whose bytes are checked at open time, to refuse a mostly broken folder at once
 LAYOUT = (
     "expected DIR/<class_name>/<image>.jpg (or .jpeg/.png), "
     "like ImageNet's train/n01440764/n01440764_10026.JPEG; "
-    "optionally split as DIR/train/<class_name>/... and DIR/validation/<class_name>/... (or DIR/val/...)"
+    "optionally split as DIR/train/<class_name>/... and DIR/validation/<class_name>/... (or DIR/val/ or DIR/test/)"
 )
+SPLIT_NAMES = "train/ and one of validation/, val/ or test/"
 
 
 def _subdirs(path):
@@ -55,6 +57,52 @@ def _list_classes(root, spec):
     return classes, paths, labels
 
 
+def _split_folders(root, spec, validation_split):
+    """(train dir, validation dir or None) when `root` is split into train/ and validation/ (or val/ or test/)
+    folders of classes; None when its subfolders are the classes themselves."""
+    subdirs = _subdirs(root)
+    named = [d for d in subdirs if d in SPLIT_DIRS]
+    if not any(_subdirs(os.path.join(root, d)) for d in named):
+        return None  # no split folder holds class folders: the subfolders are classes (even one named test)
+    classless = [d for d in named if not _subdirs(os.path.join(root, d))]
+    if classless:
+        loose = len(_images_in(os.path.join(root, classless[0])))
+        raise DataError(
+            f"{spec}: {root}/{classless[0]} has no class subfolders ({loose} images directly in it"
+            f"{': an unlabelled test set?' if loose else ''}); in a split layout {SPLIT_NAMES} each hold "
+            f"<class_name>/ folders. Sort its images into class folders, or move {classless[0]}/ out of {root} "
+            "and hold out part of train/ with --validation-split."
+        )
+    others = [d for d in subdirs if d not in SPLIT_DIRS]
+    if others:
+        raise DataError(
+            f"{spec}: {root} mixes split folders ({', '.join(d + '/' for d in named)}) with other folders "
+            f"({', '.join(d + '/' for d in others[:5])}); only {SPLIT_NAMES} count as splits. Rename or move the "
+            "others (classes belong inside train/ and the validation folder)."
+        )
+    if "train" not in named:
+        raise DataError(
+            f"{spec}: {root} has {', '.join(d + '/' for d in named)} but no train/; a split layout is "
+            f"DIR/train/<class_name>/... with one of DIR/validation/, DIR/val/ or DIR/test/ for validation."
+        )
+    candidates = [d for d in VALIDATION_DIRS if d in named]
+    if {"validation", "val"} <= set(candidates):
+        raise DataError(
+            f"{spec}: {root} has both validation/ and val/; which one validates is ambiguous. Keep one of them "
+            "(test/ is read only when neither exists)."
+        )
+    if not candidates:
+        return os.path.join(root, "train"), None
+    chosen = candidates[0]
+    notes = [f"{d}/ is not read" for d in candidates[1:]]
+    if validation_split:
+        notes.append(f"--validation-split {validation_split} is not used")
+    logging.getLogger(LOGGER_NAME).info(
+        "%s: training on train/, validating on %s/%s", spec, chosen, f" ({'; '.join(notes)})" if notes else ""
+    )
+    return os.path.join(root, "train"), os.path.join(root, chosen)
+
+
 def _scan(paths, spec):
     """Refuses the folder now, not an epoch later, when a sample of its files is mostly unreadable."""
     if len(paths) > SCAN_SAMPLE:
@@ -74,8 +122,9 @@ def _scan(paths, spec):
 class FolderSource(Source):
     """DIR/<class>/<image>; labels are the class folders' alphabetical positions.
 
-    Without train/ and validation/ subfolders, validation_split holds out a fixed random part (SPLIT_SEED,
-    not the training seed), so every run validates on the same files.
+    Split as DIR/train/ and DIR/validation/ (or val/, or test/), those are the splits. Without a validation
+    folder, validation_split holds out a fixed random part (SPLIT_SEED, not the training seed), so every run
+    validates on the same files.
     """
 
     label_hint = "labels come from the alphabetical order of the class folders"
@@ -86,10 +135,9 @@ class FolderSource(Source):
             raise DataError(f"{spec}: {root} does not exist; {LAYOUT}")
         if not os.path.isdir(root):
             raise DataError(f"{spec}: {root} is not a directory; {LAYOUT}")
-        val_dir = next((os.path.join(root, d) for d in VALIDATION_DIRS if os.path.isdir(os.path.join(root, d))), None)
-        train_dir = os.path.join(root, "train")
-        split_layout = os.path.isdir(train_dir) and set(_subdirs(root)) <= {"train", "test", *VALIDATION_DIRS}
-        if split_layout and val_dir:
+        split = _split_folders(root, spec, validation_split)
+        train_dir, val_dir = split or (root, None)
+        if val_dir:
             classes, train_paths, train_labels = _list_classes(train_dir, spec)
             val_classes, val_paths, val_labels = _list_classes(val_dir, spec)
             unknown = sorted(set(val_classes) - set(classes))
@@ -102,7 +150,7 @@ class FolderSource(Source):
                 "validation": (np.array(val_paths, dtype=object), np.array(val_labels, np.int64)),
             }
         else:
-            classes, paths, labels = _list_classes(train_dir if split_layout else root, spec)
+            classes, paths, labels = _list_classes(train_dir, spec)
             paths, labels = np.array(paths, dtype=object), np.array(labels, np.int64)
             holdout = holdout_count(validation_split, len(paths), spec)
             train, validation = split_indices(len(paths), holdout)

@@ -21,16 +21,28 @@ def holdout_count(validation_split, total, spec, default=0):
         count = default
     elif validation_split < 1:
         count = round(validation_split * total)
+        if count == 0 and total > 1:
+            raise DataError(
+                f"{spec}: --validation-split {validation_split} of {total} examples holds out none; {_what_fits(total)}"
+            )
     elif float(validation_split).is_integer():
         count = int(validation_split)
     else:
         raise DataError(f"{spec}: validation_split {validation_split!r} is neither a count nor a fraction below 1")
     if count >= total:
-        raise DataError(
-            f"{spec}: cannot hold out {count} of only {total} examples for validation; "
-            "pass a smaller --validation-split (a count, or a fraction below 1)"
-        )
+        raise DataError(f"{spec}: cannot hold out {count} of only {total} examples for validation; {_what_fits(total)}")
     return count
+
+
+def _what_fits(total):
+    """The --validation-split values that work for `total` examples, spelled out."""
+    if total < 2:
+        return f"{total} example{'s' if total != 1 else ''} cannot be split: add images, or pass --validation-split 0"
+    tenth = round(0.1 * total)
+    fraction = f"0.1 (a tenth: {tenth} of {total})" if tenth >= 1 else f"{1 / total:.2g} (1 of {total})"
+    return (
+        f"pass --validation-split {fraction} or a count from 1 to {total - 1}, e.g. --validation-split {max(tenth, 1)}"
+    )
 
 
 def split_indices(total, holdout):
