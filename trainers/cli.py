@@ -1,19 +1,29 @@
 """Shared command line of the entry points: recipe defaults, flags, run."""
 
-import logging
 import sys
 
 from trainers import config as config_lib
+from trainers import logs
 
 
 def main(recipe, recipe_name, description, argv=None):
-    config = config_lib.resolve(recipe, argv, prog=f"python -m trainers.{recipe_name}", description=description)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    """Parse, check and run; 2 (with "error: ..." on stderr) for a setting or data the run cannot use.
+
+    Bad flags and --config values exit with status 2 before anything is written or TensorFlow starts."""
+
+    def quiet_tensorflow(config):  # before validate() imports keras, which starts TensorFlow
+        logs.setup_logging(tf_logs=config.tf_logs)
+        if not config.tf_logs:
+            logs.import_tensorflow_quietly()
+
+    config = config_lib.resolve(
+        recipe, argv, prog=f"python -m trainers.{recipe_name}", description=description, on_parsed=quiet_tensorflow
+    )
     from trainers import data, engine  # after argument parsing: --help stays fast
 
     try:
-        engine.run(config, recipe_name)
+        code = engine.run(config, recipe_name)
     except (data.DataError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return 0
+    return code if isinstance(code, int) else 0  # an exit code (e.g. 143 after SIGTERM), or a result
