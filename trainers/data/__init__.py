@@ -41,13 +41,17 @@ def _directory(kind, rest, data_dir):
     return os.path.expanduser(path)
 
 
-def open_source(spec, *, data_dir=None, validation_split=0, num_classes=None, seed=0, download=False):
+def open_source(
+    spec, *, data_dir=None, validation_split=0, num_classes=None, seed=0, download=False, num_examples=None
+):
     """The data source named by `spec`, checked enough to fail now rather than hours into training.
 
     validation_split (a count, or a fraction below 1) holds that part of train out for validation: needed
     for folders without train/ and validation/ subfolders, optional for tfds, 297 by default for digits.
     num_classes, when given, must cover the data set's classes; a larger value pads class_names.
     The held-out part never depends on `seed` (the training seed): only synthetic data is made from it.
+    num_examples ("train=1281167,validation=50000", either split alone) gives tfrecord:DIR record counts when
+    DIR has no valid count file (see trainers.data.counts); other sources know their sizes and refuse it.
     """
     if not isinstance(spec, str):
         raise DataError(f"data spec must be a string, one of {', '.join(SPECS)}; got {spec!r}")
@@ -56,6 +60,11 @@ def open_source(spec, *, data_dir=None, validation_split=0, num_classes=None, se
     ):
         raise DataError(f"num_classes must be a positive int or None, got {num_classes!r}")
     kind, _, rest = spec.partition(":")
+    if num_examples is not None and kind != "tfrecord":
+        raise DataError(
+            f"num_examples={num_examples!r} applies to tfrecord:DIR only; {spec} knows its own size "
+            "(folders list their files, tfds stores its split sizes). Leave --num-examples out."
+        )
     if kind == "tfds":
         from trainers.data.tfds_source import TFDSSource  # importing tensorflow_datasets costs seconds
 
@@ -68,7 +77,7 @@ def open_source(spec, *, data_dir=None, validation_split=0, num_classes=None, se
             download=download,
         )
     if kind == "tfrecord":
-        return TFRecordSource(_directory(kind, rest, data_dir), num_classes=num_classes)
+        return TFRecordSource(_directory(kind, rest, data_dir), num_classes=num_classes, num_examples=num_examples)
     if kind == "folder":
         return FolderSource(
             _directory(kind, rest, data_dir),

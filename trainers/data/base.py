@@ -59,6 +59,7 @@ class Source:
         self.num_classes = len(self.class_names)
         self.bad_images = BadImages(spec)
         self._counts = {}
+        self.count_problem = None  # a pipeline found a split's record count wrong: the DataError's text
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.spec!r}: {self.num_classes} classes>"
@@ -76,6 +77,14 @@ class Source:
 
     def _count(self, split):
         raise NotImplementedError
+
+    def check_counts(self):
+        """Raises DataError when a pipeline found more or fewer records than num_examples said.
+
+        The pipeline raises it too, but wrapped in a tf.errors.InvalidArgumentError; this gives it back plain.
+        """
+        if self.count_problem:
+            raise DataError(self.count_problem)
 
     def _stream(self, request):
         raise NotImplementedError

@@ -28,11 +28,15 @@ class Stream:
     parse: element -> dict with "name" (string), "label" (int, 0-based), "bbox" ([n, 4] float) and either
         "data" (encoded image bytes) or "image" (uint8 HWC).
     name_of: position in `elements` -> readable name, for images lost to errors the cheap checks missed.
+    check_length: optional (n, ended) -> None, raising DataError when the source's record count is wrong:
+        called with the elements seen so far (n = last position + 1) after each window, and once more with
+        ended=True when the elements run out.
     """
 
     elements: tf.data.Dataset
     parse: Callable
     name_of: Callable[[int], str]
+    check_length: Callable[[int, bool], None] | None = None
 
 
 def derive_seed(*parts):
@@ -110,13 +114,29 @@ def build(
         bad_images.record([named[i] for i in sorted(named)], count)
         return count
 
+    seen = {"end": skip}  # elements of the stream so far, as far as the windows accounted for tell
+
+    def note(good, end):
+        seen["end"] = int(end)
+        stream.check_length(seen["end"], False)
+        return bad_images.note_good(good)
+
+    def finish(_):
+        end, seen["end"] = seen["end"], skip  # ready for the next pass over this dataset
+        stream.check_length(end, True)
+        return 0
+
     def account(positions, batch):
         """Counts the window's good and bad images; runs one window at a time, so names come in order."""
         ok = batch["ok"]
         fine = tf.equal(tf.size(positions), tf.size(ok)) & tf.reduce_all(ok)
         args = [positions, batch["index"], batch["name"], ok]
         reported = tf.cond(fine, lambda: 0, lambda: tf.py_function(report, args, Tout=tf.int32))
-        counted = tf.py_function(bad_images.note_good, [tf.reduce_sum(tf.cast(ok, tf.int32))], Tout=tf.int32)
+        good = tf.reduce_sum(tf.cast(ok, tf.int32))
+        if stream.check_length is None:
+            counted = tf.py_function(bad_images.note_good, [good], Tout=tf.int32)
+        else:  # the same one Python call per window, checking the count too
+            counted = tf.py_function(note, [good, tf.reduce_max(positions) + 1], Tout=tf.int32)
         with tf.control_dependencies([reported, counted]):
             return tf.size(positions), tf.identity(ok), batch["image"], batch["label"]
 
@@ -156,6 +176,16 @@ def build(
     # stays exact; windows are dropped only after.
     ds = ds.map(account).map(select, num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.filter(wanted).map(lambda images, labels, window: (images, labels))
+    if stream.check_length is not None:
+        # After the last window: too few elements for the count. Yields nothing, so batches are unchanged.
+        def check_end(x):
+            return tf.py_function(finish, [x], Tout=tf.int32)
+
+        def nothing(_):
+            return tf.zeros([0, size, size, 3], tf.float32), tf.zeros([0], tf.int32)
+
+        end = tf.data.Dataset.from_tensors(0).map(check_end).filter(lambda _: False).map(nothing)
+        ds = ds.concatenate(end)
     if training and batches_per_step > 1:
         ds = ds.window(batches_per_step, drop_remainder=True).flat_map(tf.data.Dataset.zip)
     return ds.prefetch(AUTOTUNE)

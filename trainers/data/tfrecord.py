@@ -1,10 +1,16 @@
-"""ImageNet as TFRecord shards in the TF Model Garden schema (labels 1..1000, JPEG bytes, optional boxes)."""
+"""ImageNet as TFRecord shards in the TF Model Garden schema (labels 1..1000, JPEG bytes, optional boxes).
+
+Record counts come from DIR/counts.json, num_examples, the known ImageNet counts or one reading pass, in
+that order (trainers.data.counts); the pipelines check them and raise DataError when a split holds more or
+fewer records than that.
+"""
 
 import os
 
 import numpy as np
 import tensorflow as tf
 
+from trainers.data import counts as record_counts
 from trainers.data.base import Source, class_names_for
 from trainers.data.errors import DataError
 from trainers.data.pipeline import Stream
@@ -39,22 +45,38 @@ def _parse(serialized):
     }
 
 
+def find_shards(root, spec):
+    """{split: sorted shard paths} of DIR; DataError with the layout when there are none."""
+    gfile = tf.io.gfile  # so gs:// buckets work as well as local disks
+    if not gfile.isdir(root):
+        problem = "is not a directory" if gfile.exists(root) else "does not exist"
+        raise DataError(f"{spec}: {root} {problem}; {LAYOUT}")
+    shards = {split: sorted(gfile.glob(os.path.join(root, p))) for split, p in SHARD_PATTERNS.items()}
+    if not shards["train"] and not shards["validation"]:
+        found = sorted(gfile.listdir(root))[:5]
+        raise DataError(f"{spec}: no train-*-of-* or validation-*-of-* shards in {root} (found {found}); {LAYOUT}")
+    return shards
+
+
 class TFRecordSource(Source):
     """Shards are shuffled and dealt to input pipelines by file; records are shuffled in a buffer.
 
     DIR may be local or anything tf.io.gfile reads (gs://...).
     """
 
-    def __init__(self, root, *, num_classes=None):
+    def __init__(self, root, *, num_classes=None, num_examples=None):
+        """num_examples: "train=N,validation=M" (either alone), used when no valid count file exists."""
         spec = f"tfrecord:{root}"
-        gfile = tf.io.gfile  # so gs:// buckets work as well as local disks
-        if not gfile.isdir(root):
-            problem = "is not a directory" if gfile.exists(root) else "does not exist"
-            raise DataError(f"{spec}: {root} {problem}; {LAYOUT}")
-        self._shards = {split: sorted(gfile.glob(os.path.join(root, p))) for split, p in SHARD_PATTERNS.items()}
-        if not self._shards["train"] and not self._shards["validation"]:
-            found = sorted(gfile.listdir(root))[:5]
-            raise DataError(f"{spec}: no train-*-of-* or validation-*-of-* shards in {root} (found {found}); {LAYOUT}")
+        self._shards = find_shards(root, spec)
+        self.root = root
+        self._given = record_counts.parse_num_examples(num_examples)
+        for split in self._given:
+            if not self._shards[split]:
+                raise DataError(
+                    f"{spec}: num_examples gives a {split} count, but {root} has no {SHARD_PATTERNS[split]} "
+                    f"shards; {LAYOUT}"
+                )
+        self._split_counts = None  # {split: counts.SplitCount}, resolved at the first num_examples()
         classes = DEFAULT_CLASSES if num_classes is None else num_classes
         super().__init__(spec, class_names_for([], classes, spec))
         self.label_hint = f"the Model Garden schema stores labels 1..{classes} (image/class/label) in {root}"
@@ -84,17 +106,47 @@ class TFRecordSource(Source):
         if not self._shards[split]:
             raise DataError(f"{self.spec}: no {SHARD_PATTERNS[split]} shards for the {split} split; {LAYOUT}")
 
+    def record_count(self, split):
+        """The split's counts.SplitCount: its total, and where that came from (count file, flag, ...)."""
+        self._check_split(split)
+        if self._split_counts is None:
+            self._split_counts = record_counts.resolve(self.root, self._shards, self._given, self.spec)
+        return self._split_counts[split]
+
     def _count(self, split):
-        files = self._shards[split]
-        if not files:
-            return 0
-        records = tf.data.TFRecordDataset(
-            files, buffer_size=READ_BUFFER, num_parallel_reads=min(len(files), CYCLE_LENGTH)
+        return self.record_count(split).total
+
+    def _expected(self, request, files, by_file):
+        """Records this input pipeline's stream should hold, or None when that share is unknown."""
+        count = self.record_count(request.split)
+        if not by_file:  # records dealt round-robin
+            return len(range(request.pipeline_id, count.total, request.num_pipelines))
+        if request.num_pipelines == 1:
+            return count.total
+        if count.shards is not None:
+            return sum(count.shards[os.path.basename(f)] for f in files)
+        return None  # num_examples or the ImageNet totals say nothing about a subset of shards
+
+    def _length_check(self, request, files, by_file):
+        """The pipeline's check_length callback: DataError when the stream passes or falls short of its count."""
+        expected = self._expected(request, files, by_file)
+        if expected is None:
+            return None
+        split, count = request.split, self.record_count(request.split)
+        share = (
+            f" (input pipeline {request.pipeline_id} of {request.num_pipelines})" if request.num_pipelines > 1 else ""
         )
-        try:
-            return int(records.reduce(np.int64(0), lambda n, _: n + 1))
-        except tf.errors.OpError as e:
-            raise DataError(f"{self.spec}: cannot read the {split} shards: {e.message}") from None
+
+        def check(seen, ended):
+            if seen > expected or (ended and seen < expected):
+                message = record_counts.wrong_count_message(
+                    self.spec, self.root, split, count, expected, seen, ended, share
+                )
+                self.count_problem = message
+                record_counts.log.error("%s", message)
+                raise DataError(message)
+
+        return check
 
     def _stream(self, request):
         files = np.array(self._shards[request.split])
@@ -114,4 +166,5 @@ class TFRecordSource(Source):
         if request.shuffle:
             records = records.shuffle(SHUFFLE_BUFFER, seed=request.shuffle_seed + request.pipeline_id)
         split = request.split
-        return Stream(records, _parse, lambda i: f"{self.spec} {split} record #{i}")
+        check = self._length_check(request, files, by_file)
+        return Stream(records, _parse, lambda i: f"{self.spec} {split} record #{i}", check_length=check)
