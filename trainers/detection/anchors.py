@@ -92,6 +92,19 @@ def match(similarity, gt_valid, positive_threshold, negative_threshold, negative
     return matched, tf.cast(labels, tf.int32)
 
 
+def _uniform(like, seed):
+    """Uniform [0, 1) noise shaped like [B, N] `like`, from one seed [2] or one seed per row [B, 2]."""
+    seed = tf.convert_to_tensor(seed)
+    if seed.shape.rank == 2:
+        row = tf.shape(like)[1:]
+        return tf.map_fn(
+            lambda s: tf.random.stateless_uniform(row, seed=s, dtype=tf.float32),
+            seed,
+            fn_output_signature=tf.float32,
+        )
+    return tf.random.stateless_uniform(tf.shape(like), seed=seed, dtype=tf.float32)
+
+
 def _kth_largest(values, k_per_row, k_max):
     """The k-th largest value per row (k from 1; -inf where k is 0) of [B, N] `values`."""
     top = tf.math.top_k(values, k=k_max).values  # [B, k_max]
@@ -102,14 +115,16 @@ def _kth_largest(values, k_per_row, k_max):
 def sample_balanced(labels, num_samples, positive_fraction, seed):
     """Chooses at most `num_samples` rows per image, at most `positive_fraction` of them positive.
 
-    labels: [B, N] from `match`; seed: a shape-[2] int tensor (stateless: the same seed, the same sample).
+    labels: [B, N] from `match`; seed: an int tensor of shape [2], or [B, 2] for one seed per image (then
+    an image's sample does not depend on which other images share its batch, or on the replica count).
+    Stateless: the same seed, the same sample.
     Positives are drawn first (up to round(num_samples * positive_fraction)); negatives fill the rest.
     Returns (positive [B, N] bool, negative [B, N] bool), disjoint. RPN: 256 at 0.5; head: 512 at 0.25.
     """
     labels = tf.convert_to_tensor(labels, tf.int32)
     n = labels.shape[-1] if labels.shape[-1] is not None else tf.shape(labels)[-1]
     # Distinct random priorities in [0, 1); rows not eligible get -1 and are never chosen.
-    noise = tf.random.stateless_uniform(tf.shape(labels), seed=seed, dtype=tf.float32)
+    noise = _uniform(labels, seed)
     max_pos = int(round(num_samples * positive_fraction))
     k_pos = min(max_pos, n) if isinstance(n, int) else max_pos
     k_all = min(num_samples, n) if isinstance(n, int) else num_samples
@@ -132,31 +147,59 @@ def sample_indices(labels, num_samples, positive_fraction, seed):
     then negatives; where an image had fewer candidates the tail is padding with label -1 (index 0).
     """
     positive, negative = sample_balanced(labels, num_samples, positive_fraction, seed)
-    noise = tf.random.stateless_uniform(tf.shape(positive), seed=seed + 1, dtype=tf.float32)
+    noise = _uniform(positive, tf.convert_to_tensor(seed) + 1)
     priority = tf.where(positive, 2.0 + noise, tf.where(negative, 1.0 + noise, -1.0))
-    top = tf.math.top_k(priority, k=num_samples)
-    indices = tf.where(top.values >= 0.0, top.indices, 0)
-    sampled = tf.where(top.values >= 2.0, 1, tf.where(top.values >= 1.0, 0, -1))
+    n = labels.shape[-1]
+    k = min(num_samples, n) if n is not None else num_samples
+    top = tf.math.top_k(priority, k=k)
+    values, indices = top.values, top.indices
+    if k < num_samples:  # fewer rows than samples: pad with nothing-sampled slots
+        values = tf.pad(values, [[0, 0], [0, num_samples - k]], constant_values=-1.0)
+        indices = tf.pad(indices, [[0, 0], [0, num_samples - k]])
+    indices = tf.where(values >= 0.0, indices, 0)
+    sampled = tf.where(values >= 2.0, 1, tf.where(values >= 1.0, 0, -1))
     return tf.cast(indices, tf.int32), tf.cast(sampled, tf.int32)
 
 
-def nms(boxes, scores, max_output_size, iou_threshold, score_threshold=float("-inf")):
-    """Class-agnostic NMS per image (proposals): tf.image.non_max_suppression_padded on [B, N, 4], [B, N].
+def nms(boxes, scores, max_output_size, iou_threshold, score_threshold=float("-inf"), xla=False):
+    """Class-agnostic NMS per image (proposals) on [B, N, 4] boxes and [B, N] scores.
 
     Returns (boxes [B, K, 4], scores [B, K], valid [B] int32) with K = max_output_size, best first;
-    slots past `valid` hold zero boxes and score 0.
+    slots past `valid` hold zero boxes and score 0. By default one NonMaxSuppressionV4 kernel per image
+    (tf.map_fn): fast to trace and to run on a CPU. `xla=True` uses tf.image.non_max_suppression_padded's
+    batched form instead, which XLA compiles but which takes seconds to trace.
     """
     boxes = tf.convert_to_tensor(boxes, tf.float32)
     scores = tf.convert_to_tensor(scores, tf.float32)
-    indices, valid = tf.image.non_max_suppression_padded(
-        boxes,
-        scores,
-        max_output_size,
-        iou_threshold=iou_threshold,
-        score_threshold=score_threshold,
-        pad_to_max_output_size=True,
-        canonicalized_coordinates=True,
-    )
+    if xla:
+        indices, valid = tf.image.non_max_suppression_padded(
+            boxes,
+            scores,
+            max_output_size,
+            iou_threshold=iou_threshold,
+            score_threshold=score_threshold,
+            pad_to_max_output_size=True,
+            canonicalized_coordinates=True,
+        )
+    else:
+
+        def one(args):
+            b, s = args
+            index, count = tf.raw_ops.NonMaxSuppressionV4(
+                boxes=b,
+                scores=s,
+                max_output_size=max_output_size,
+                iou_threshold=iou_threshold,
+                score_threshold=score_threshold,
+                pad_to_max_output_size=True,
+            )
+            return index, count
+
+        indices, valid = tf.map_fn(
+            one,
+            (boxes, scores),
+            fn_output_signature=(tf.TensorSpec([max_output_size], tf.int32), tf.TensorSpec([], tf.int32)),
+        )
     keep = tf.range(max_output_size)[tf.newaxis, :] < valid[:, tf.newaxis]
     out_boxes = tf.where(keep[..., tf.newaxis], tf.gather(boxes, indices, batch_dims=1), 0.0)
     out_scores = tf.where(keep, tf.gather(scores, indices, batch_dims=1), 0.0)
