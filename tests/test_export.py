@@ -1,6 +1,7 @@
 """SavedModel export: the served graph reproduces the Keras model, in float32, with TF Serving's layout."""
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +13,15 @@ import tensorflow as tf
 
 import keras_resnet
 from trainers import config as config_lib
-from trainers.export import export_model_dir, export_saved_model, float32_copy, main, next_version_dir
+from trainers.export import (
+    export_model_dir,
+    export_saved_model,
+    find_export,
+    float32_copy,
+    main,
+    next_version_dir,
+    serving_name,
+)
 
 MEAN = np.array([125.3, 123.0, 113.9], np.float32)
 STD = np.array([63.0, 62.1, 66.7], np.float32)
@@ -340,20 +349,58 @@ def test_channels_first_model_that_cannot_be_converted_is_refused(tmp_path, kind
 
 
 def test_image_bytes_error_names_the_malformed_element(resnet20_export):
-    """One bad element fails the whole request; the error says which one when the bytes are no image."""
+    """One bad element fails the whole request, and the error says which one, also when it only looks like an image."""
     _, _, loaded = resnet20_export
     serve = loaded.signatures["serve_image_bytes"]
     images = np.random.default_rng(11).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     good = png_batch(images).numpy().tolist()
-    for i, bad in ((1, b"not an image"), (2, b"")):
+    jpeg = tf.io.encode_jpeg(images[0]).numpy()
+    for i, bad, says in (
+        (1, b"not an image", "is not a"),
+        (2, b"", "is not a"),
+        (1, good[1][:40], "could not be decoded"),  # a truncated PNG: PNG magic, no image
+        (2, jpeg[: len(jpeg) // 2], "could not be decoded"),  # a truncated JPEG
+    ):
         batch = list(good)
         batch[i] = bad
-        with pytest.raises(tf.errors.InvalidArgumentError, match=rf"image_bytes\[{i}\] is not a"):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=rf"image_bytes\[{i}\] {says}"):
             serve(image_bytes=tf.constant(batch))
-    # A truncated PNG is recognized as a PNG: its decoder fails the request, without the index.
-    batch = [good[0], good[1][:40]]
-    with pytest.raises(tf.errors.InvalidArgumentError):
-        serve(image_bytes=tf.constant(batch))
+
+
+def test_serving_edges(resnet20_export):
+    """A scalar image_bytes is a batch of one, a matrix is refused by name, 0..1 float pixels are refused."""
+    model, _, loaded = resnet20_export
+    images = np.random.default_rng(14).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    encoded = png_batch(images).numpy()
+    expected = reference(model, images)
+    check_outputs(loaded.signatures["serve_image_bytes"](image_bytes=tf.constant(encoded[0])), expected[:1])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"image_bytes must be a \[batch\] vector.*rank 2"):
+        loaded.signatures["serve_image_bytes"](image_bytes=tf.constant([list(encoded)]))
+    empty = loaded.signatures["serve_image_bytes"](image_bytes=tf.constant([], tf.string))
+    assert empty["probabilities"].shape == (0, 10)
+
+    serve = loaded.signatures["serving_default"]
+    scaled = images.astype(np.float32)
+    scaled[1] /= 255.0
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"images\[1\]: pixels look scaled to 0..1"):
+        serve(images=tf.constant(scaled))
+    black = serve(images=tf.zeros([1, 32, 32, 3]))  # an all-black image is an image
+    check_outputs(black, reference(model, np.zeros([1, 32, 32, 3])))
+
+
+def test_class_names_and_keras_model_beside_the_saved_model(resnet20_export):
+    model, path, loaded = resnet20_export
+    names = loaded.signatures["class_names"]()["class_names"].numpy().tolist()
+    assert names == [n.encode() for n in NAMES]
+    with open(os.path.join(path, "assets", "class_names.txt"), encoding="utf-8") as f:
+        assert f.read().splitlines() == NAMES
+    info = json.load(open(os.path.join(path, "assets.extra", "export_info.json"), encoding="utf-8"))
+    assert info["preprocessing"] == "mean" and info["resize"] == "stretch" and info["classes"] == 10
+
+    restored = keras.models.load_model(os.path.join(path, "assets.extra", "model.keras"))  # safe_mode
+    assert not any(isinstance(layer, keras.layers.Lambda) for layer in restored.layers)
+    images = np.random.default_rng(15).integers(0, 256, (2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(restored(images), reference(model, images), atol=1e-5)
 
 
 def trainer_dir(path, saved):
@@ -369,7 +416,8 @@ def trainer_dir(path, saved):
     return config, manager.save()
 
 
-def test_export_model_dir_restores_the_checkpoint(tmp_path):
+def test_export_model_dir_restores_the_checkpoint_once(tmp_path, capsys):
+    """Named after the run directory; the same checkpoint again is no new version; another one would be."""
     from trainers.tasks.classification import build_model
 
     keras.utils.set_random_seed(12)
@@ -377,10 +425,48 @@ def test_export_model_dir_restores_the_checkpoint(tmp_path):
     model = randomize_batch_norm(build_model(config, 10))
     images = np.random.default_rng(13).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     expected = reference(model, images, mean=0.0, std=1.0)
-    trainer_dir(str(tmp_path / "run"), {"model": model})
-    path = export_model_dir(str(tmp_path / "run"), str(tmp_path / "exported"))
-    assert path == str(tmp_path / "exported" / "resnet20" / "1")
+    model_dir = str(tmp_path / "cifar10-resnet20-tfds cifar10-1a2b")
+    _, first_checkpoint = trainer_dir(model_dir, {"model": model})
+    exported = str(tmp_path / "exported")
+    path = export_model_dir(model_dir, exported)
+    assert path == os.path.join(exported, "cifar10-resnet20-tfds_cifar10-1a2b", "1") and not path.reused
     check_outputs(tf.saved_model.load(path).signatures["serve_uint8"](images=tf.constant(images)), expected)
+    info = json.load(open(os.path.join(path, "assets.extra", "export_info.json"), encoding="utf-8"))
+    assert info["source"]["checkpoint"] == os.path.abspath(first_checkpoint)
+    assert len(info["source"]["checkpoint_sha256"]) == 64 and info["source"]["config"]["model"] == "resnet20"
+
+    assert main(["--model-dir", model_dir, "--export-dir", exported]) == 0  # rerun: same weights
+    assert "Already exported" in capsys.readouterr().out
+    assert export_model_dir(model_dir, exported).reused
+    assert os.listdir(os.path.dirname(path)) == ["1"]
+
+    # Another checkpoint (the run trained on) is not what version 1 holds: it would be exported as version 2.
+    model.get_layer("predictions").bias.assign(tf.ones([10]))
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), os.path.join(model_dir, "checkpoints"), 2)
+    manager.save(checkpoint_number=9)
+    assert find_export(model_dir, exported) is None
+    assert find_export(model_dir, exported, first_checkpoint) == path
+    assert next_version_dir(exported, os.path.basename(os.path.dirname(path))).endswith(os.sep + "2")
+
+
+def test_export_names():
+    assert serving_name("cifar10-resnet20-tfds_cifar10-1a2b3c4d") == "cifar10-resnet20-tfds_cifar10-1a2b3c4d"
+    assert serving_name("my run: v2/ä") == "my_run_v2"
+    assert serving_name("..") == "model"
+    with pytest.raises(ValueError, match="'a_b'"):
+        export_saved_model(tiny_model(8), "unused", "a/b", image_size=8, mean=0.0)
+
+
+def test_export_name_from_the_run(tmp_path):
+    from trainers.export import _export_target
+
+    model_dir = str(tmp_path / "run-1")
+    trainer_dir(model_dir, {})
+    assert _export_target(model_dir)[3] == "run-1"
+    assert _export_target(model_dir, name="given name")[3] == "given_name"
+    config = config_lib.read(os.path.join(model_dir, "config.json"))
+    config_lib.save(dataclasses.replace(config, export_name="served"), os.path.join(model_dir, "config.json"))
+    assert _export_target(model_dir)[2:4] == ("saved_models", "served")
 
 
 @pytest.mark.parametrize(
@@ -407,7 +493,7 @@ def test_export_refuses_a_checkpoint_that_does_not_fit(tmp_path, saved, detail):
     message = str(raised.value)
     for part in (model_dir, checkpoint, "config.json", "--checkpoint"):
         assert part in message
-    assert not os.path.exists(tmp_path / "exported" / "resnet20")
+    assert not os.path.exists(tmp_path / "exported")
 
 
 def test_export_cli_reports_a_checkpoint_that_does_not_fit(tmp_path, capsys):
