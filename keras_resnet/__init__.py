@@ -4,6 +4,11 @@
     import keras_resnet
     model = keras_resnet.ResNet50(include_top=True)       # as keras.applications.ResNet50
     model = keras_resnet.build("resnet56", shortcut="B")  # any registered name
+
+Preprocessing: `preprocess_input` is keras.applications.resnet's "caffe" convention (RGB -> BGR, minus the
+BGR means [103.939, 116.779, 123.68], no scaling), what weights="imagenet" (converted from
+keras.applications) expect: export those with trainers.export.export_saved_model(..., preprocessing="caffe").
+Networks trained with `trainers` take RGB 0..255 minus the run's mean instead (trainers/preprocessing.py).
 """
 
 from keras.applications.resnet import decode_predictions, preprocess_input
