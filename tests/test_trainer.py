@@ -377,3 +377,41 @@ def test_bad_images_stop_every_worker_not_just_the_one_that_read_them(tmp_path):
     assert codes == [2, 2], logs[0][-3000:] + logs[1][-3000:]
     for text in logs:
         assert "error:" in text and "2 of 112 training images (1.8%) could not be decoded" in text, text[-3000:]
+
+
+def test_sigterm_and_ctrl_c_save_the_step_and_the_rerun_resumes_there(tmp_path):
+    """Two CPU replicas: SIGTERM (a scheduler's preemption) and then Ctrl-C each save a checkpoint at the
+    last completed step and exit with a line saying so; the third run resumes there and finishes."""
+    model_dir = tmp_path / "run"
+    args = ["--cpu-replicas", "2", "--steps", "40", "--checkpoint-steps", "2", "--no-export"]
+    args += ["--model-dir", str(model_dir)]
+    cmd = [sys.executable, "-m", "trainers.cifar10", *TINY, *args]
+    stopped_at = 0
+    for sig, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+        process = subprocess.Popen(
+            cmd, env=ENV, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        deadline, saved = time.time() + 300, stopped_at
+        while saved < stopped_at + 2 and process.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+            latest = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
+            saved = int(latest.rsplit("-", 1)[1]) if latest else 0
+        process.send_signal(sig)
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == code, out[-2000:] + err[-3000:]
+        name = signal.Signals(sig).name
+        found = re.search(rf"{name}: interrupted at step (\d+); checkpoint (\S+)\.", err)
+        assert found, err[-3000:]
+        step = int(found.group(1))
+        assert stopped_at < step < 40 and f"Interrupted ({name}) at step {step}: rerun the same command" in out
+        assert "Traceback" not in err
+        latest = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
+        assert (
+            latest == found.group(2) and int(tf.train.load_variable(latest, "step/.ATTRIBUTES/VARIABLE_VALUE")) == step
+        )
+        if stopped_at:
+            assert f"Resumed from step {stopped_at}" in err
+        stopped_at = step
+    result = train(tmp_path, *args)
+    assert f"Resumed from step {stopped_at}" in result.stderr
+    assert json.loads((model_dir / "result.json").read_text())["step"] == 40

@@ -19,10 +19,10 @@ def main(recipe, recipe_name, description, argv=None):
     config = config_lib.resolve(
         recipe, argv, prog=f"python -m trainers.{recipe_name}", description=description, on_parsed=quiet_tensorflow
     )
-    from trainers import data, engine  # after argument parsing: --help stays fast
+    from trainers import data, loop  # after argument parsing: --help stays fast
 
     try:
-        code = engine.run(config, recipe_name)
+        code = loop.run(config, recipe_name)
     except (data.DataError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

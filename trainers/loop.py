@@ -17,24 +17,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from trainers import config as config_lib
 from trainers import replicas, schedules
-from trainers.logs import Board, log
-
-try:
-    from trainers.logs import Progress
-except ImportError:  # transitional: logs.Progress is being written
-
-    class Progress:
-        def __init__(self, total, enabled=True):
-            self.bar = keras.utils.Progbar(total, stateful_metrics=["loss", "top1", "img/s"], verbose=int(enabled))
-
-        def update(self, done, values):
-            self.bar.update(done, list(values.items()))
-
-        def close(self):
-            pass
-
-
+from trainers.logs import Board, Progress, log
 from trainers.run_dir import RunDir, default_model_dir
 from trainers.strategy import make_strategy
 
@@ -57,15 +42,11 @@ class Interrupted(Exception):
         )
 
 
-def resolve_precision(name):
-    """`auto` -> the precision this machine computes fastest (trainers.hardware decides)."""
-    if name != "auto":
-        return name
-    try:
-        from trainers import hardware
-    except ImportError:
-        return "fp32"
-    return hardware.auto_precision()
+def resolve_precision(name, device=None):
+    """`auto` -> the precision `device` ("CPU", "GPU", "TPU") computes fastest (trainers.hardware decides)."""
+    from trainers import hardware
+
+    return hardware.auto_precision(device) if name == "auto" else name
 
 
 def decayed(model, config):
@@ -81,9 +62,10 @@ class Loop:
     def __init__(self, config, task=None, recipe_name="train"):
         from trainers.tasks import task_for
 
-        config = dataclasses.replace(config, precision=resolve_precision(config.precision))
+        config_lib.validate(config)  # again: a config built in code never went through the flags' checks
         _refuse_xla_with_sync_bn(config, config.gpus or config.cpu_replicas or 1)
         self.strategy = make_strategy(config.gpus, config.cpu_replicas)  # before anything touches TF devices
+        config = dataclasses.replace(config, precision=resolve_precision(config.precision, _device_type(self.strategy)))
         keras.mixed_precision.set_global_policy(POLICIES[config.precision])
         keras.utils.set_random_seed(config.seed)
         replicas_n = self.strategy.num_replicas_in_sync
@@ -251,7 +233,11 @@ class Loop:
         iterator = iter(self._distributed("validation"))
         chunk = tf.constant(max(self.steps_per_loop, 1), tf.int64)
         while True:
-            sums, done = self._eval_loop(iterator, chunk)
+            try:
+                sums, done = self._eval_loop(iterator, chunk)
+            except tf.errors.InvalidArgumentError:
+                self._explain_pipeline_error()
+                raise
             totals += sums.numpy()
             if int(done) < int(chunk):
                 break
@@ -336,8 +322,7 @@ class Loop:
         try:
             images_seen, seconds, done = self._train_batches(epoch, skip, remaining, progress)
         except tf.errors.InvalidArgumentError:
-            if hasattr(self.task, "on_pipeline_error"):
-                self.task.on_pipeline_error()
+            self._explain_pipeline_error()
             raise
         finally:
             if progress:
@@ -349,6 +334,11 @@ class Loop:
                         epoch + 1, skip + done, self.steps_per_epoch)  # fmt: skip
             self.batches.assign((epoch + 1) * self.steps_per_epoch)
         return self._end_epoch(epoch, seconds, images_seen)
+
+    def _explain_pipeline_error(self):
+        """A task's data may stop the pipeline on purpose (bad images, a wrong count): its own message."""
+        if hasattr(self.task, "on_pipeline_error"):
+            self.task.on_pipeline_error()
 
     def _image_grid(self):
         sample = getattr(self.task, "sample_images", lambda batch: None)
@@ -530,9 +520,12 @@ def run(config, recipe_name):
     return 0
 
 
+def _device_type(strategy):
+    return (tf.DeviceSpec.from_string(strategy.extended.worker_devices[0]).device_type or "CPU").upper()
+
+
 def _default_steps_per_loop(strategy):
-    device = tf.DeviceSpec.from_string(strategy.extended.worker_devices[0]).device_type or "CPU"
-    return DEFAULT_STEPS_PER_LOOP.get(device.upper(), 1)
+    return DEFAULT_STEPS_PER_LOOP.get(_device_type(strategy), 1)
 
 
 def _in_main_thread():

@@ -99,7 +99,7 @@ class ClassificationTask(Task):
             num_classes=config.num_classes,
             seed=config.seed,
             download=config.download,
-            **({"num_examples": config.num_examples} if config.num_examples else {}),
+            num_examples=config.num_examples,
         )
         # One worker stopping early on bad images would leave the others waiting in a collective.
         self.source.bad_images.early_stop = not replicas_in_multi_worker
@@ -204,7 +204,8 @@ class ClassificationTask(Task):
             )
 
     def on_pipeline_error(self):
-        """The pipeline stops early on too many bad images: say which."""
+        """The pipeline stopped early: a count that does not match the data, or too many bad images: say which."""
+        self.source.check_counts()
         self.source.bad_images.check()
 
     def sample_images(self, batch):
