@@ -6,7 +6,7 @@ import pytest
 
 import keras_resnet
 
-# ../shared/reference.md: trainable params (conv no bias, BN gamma+beta, classifier with bias).
+# docs/paper.md: trainable params (conv no bias, BN gamma+beta, classifier with bias).
 PARAMS = {
     # depth: (A / plain, B, C)
     18: (11_515_688, 11_689_512, 12_043_816),

@@ -1,4 +1,4 @@
-"""The paper's recipes (../shared/reference.md) as data; every value is a flag default."""
+"""The paper's recipes (docs/paper.md) as data; every value is a flag default."""
 
 # Sec. 4.2: batch 128, lr 0.1 /10 at 32k and 48k, stop at 64k, wd 1e-4, momentum 0.9,
 # 4-px pad + crop + flip, per-pixel mean; 45k/5k split. The length is in epochs (64k iterations of
