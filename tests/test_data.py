@@ -660,3 +660,16 @@ def test_ten_crop_batch_matches_ten_crop_per_image():
     for i in range(3):
         expected = data.ten_crop(images[i], 24)
         np.testing.assert_allclose(batch.numpy()[i::3], expected.numpy(), atol=1e-4)
+
+
+def test_a_file_bad_every_epoch_is_warned_about_and_counted_once(tmp_path, caplog):
+    bad = [(EARLY_BAD, _bad_bytes("truncated")), ("dog/broken.jpg", _bad_bytes("text"))]
+    make_folder(tmp_path, per_class=70, bad=bad)  # 2 of 212: under the 1 % limit
+    source = data.open_source(f"folder:{tmp_path}")
+    kwargs = dict(global_batch_size=8, image_size=SIZE, augment="cifar", training=True)
+    with caplog.at_level(logging.WARNING, logger="trainers.data"):
+        for epoch in range(3):
+            collect(source.dataset("train", epoch=epoch, **kwargs))
+    warnings = [r.getMessage() for r in caplog.records if "skipped unreadable image" in r.getMessage()]
+    assert len(warnings) == 2 and "(2 bad files so far)" in warnings[-1], warnings
+    assert source.bad_images.distinct == 2 and source.bad_images.count == 6  # 2 files, skipped in 3 epochs

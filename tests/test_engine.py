@@ -284,3 +284,28 @@ def test_a_task_defined_outside_trains_through_the_public_api(tmp_path):
     assert checkpoint_step(config.model_dir) == 64
     saved = json.loads((tmp_path / "toy" / "result.json").read_text())
     assert saved["validation"]["squared_error"] == pytest.approx(result["validation"]["squared_error"])
+
+
+# -- what a run says ----------------------------------------------------------------------------------
+
+
+def test_the_start_log_says_what_the_run_will_really_do_and_speed_has_one_definition(tmp_path, caplog):
+    config = tiny(tmp_path, lr=0.05, steps=STEPS_PER_EPOCH, decay_steps=[32000, 48000], decay_at=None, log_steps=1000)
+    with caplog.at_level("INFO", logger="trainers"):
+        result = loop.Loop(config).fit()
+    text = caplog.text
+    assert "lr 0.025 (0.05 x 64/128 linear scaling)" in text  # config.json says 0.05: the log says what runs
+    assert "every lr drop (32000, 48000) lies at or past the run's last step 16: the lr never decays" in text
+    assert "10 classes: class_0, class_1, class_2" in text and f"{TRAIN} training, 256 validation images" in text
+    # The console's and TensorBoard's images/s are one number: images over the training steps' wall time.
+    logged = scalars(tmp_path / "run" / "logs" / "train", "images_per_second")
+    assert logged[STEPS_PER_EPOCH] == pytest.approx(result["images_per_second"], rel=1e-6)
+    assert f"{result['images_per_second']:.0f} img/s" in text
+
+
+def test_a_run_refused_at_set_up_leaves_no_directory(tmp_path):
+    with pytest.raises(data.DataError, match="does not exist"):
+        loop.Loop(tiny(tmp_path, data=f"folder:{tmp_path / 'missing'}"))
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        loop.Loop(tiny(tmp_path, num_classes=3, batch_size=2048))
+    assert not (tmp_path / "run").exists()

@@ -33,11 +33,19 @@ class BadImages:
         self.count = 0
         self.seen = 0
         self.names = []
+        self._files = set()  # every bad file named so far: each is warned about once, however many passes
         self._lock = threading.Lock()
         self._log = logging.getLogger(LOGGER_NAME)
 
     def __repr__(self):
         return f"BadImages({self.source!r}: {self.count} bad of {self.seen} seen, first {self.names})"
+
+    @property
+    def distinct(self):
+        """Bad files, each counted once however many epochs read it (`count` counts every skip); skips that
+        came without names (a pipeline that could only count them) count as they came."""
+        with self._lock:
+            return len(self._files) or self.count
 
     @property
     def fraction(self):
@@ -60,11 +68,13 @@ class BadImages:
         with self._lock:
             self.count += count
             self.seen += count
-            new = [n for n in dict.fromkeys(names) if n not in self.names]  # a file bad each epoch, named once
+            new = [n for n in dict.fromkeys(names) if n not in self._files]  # a file bad each epoch, named once
+            self._files.update(new)
             self.names.extend(new[: max(MAX_NAMES - len(self.names), 0)])
             totals = (self.count, self.seen)
-        for name in [] if self.quiet else names:
-            self._log.warning("%s: skipped unreadable image %s (%d bad of %d seen)", self.source, name, *totals)
+            files = len(self._files)
+        for name in [] if self.quiet else new:
+            self._log.warning("%s: skipped unreadable image %s (%d bad files so far)", self.source, name, files)
         if count > len(names) and not self.quiet:
             self._log.warning("%s: skipped %d more unreadable images", self.source, count - len(names))
         overwhelming = totals[1] >= EARLY_MIN_SEEN and totals[0] > EARLY_FACTOR * self.threshold * totals[1]

@@ -110,7 +110,8 @@ class ClassificationTask(Task):
 
     @property
     def bad_image_count(self):
-        return self.source.bad_images.count
+        """Bad files met so far, each once (a file bad every epoch is one file)."""
+        return self.source.bad_images.distinct
 
     def effective_config(self):
         return dataclasses.replace(self.config, num_classes=self.num_classes)
