@@ -116,15 +116,23 @@ def test_nothing_readable_exits_2(exported, files, capsys):
 
 def test_model_dir_is_predicted_through_a_fresh_export(exported, files, tmp_path, capsys, monkeypatch):
     """A run without an export of its latest checkpoint: restored and exported to a temporary folder."""
-    from trainers.tasks.classification import build_model
+    from trainers.run_dir import RunDir
 
     config = config_lib.Config(model="resnet20", num_classes=4, image_size=8, export_dir=str(tmp_path / "served"))
     model_dir = str(tmp_path / "run")
     os.makedirs(model_dir)
     config_lib.save(config, os.path.join(model_dir, "config.json"))
     np.savez(os.path.join(model_dir, "normalization.npz"), mean=MEAN, class_names=np.array(NAMES))
+
+    def tiny_network(self, config=None):  # the run's network, small (export_model_dir of a ResNet: test_export)
+        inputs = keras.Input((8, 8, 3))
+        x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, name="conv")(inputs))
+        return keras.Model(inputs, keras.layers.Dense(4, name="predictions")(x))
+
+    monkeypatch.setattr(RunDir, "rebuild_model", tiny_network)
     keras.utils.set_random_seed(2)
-    model = build_model(config, 4)
+    model = tiny_network(None)
+    model.get_layer("predictions").kernel.assign(model.get_layer("predictions").kernel * 0.02)
     tf.train.CheckpointManager(tf.train.Checkpoint(model=model), os.path.join(model_dir, "checkpoints"), 1).save()
 
     assert predict.main(["--model-dir", model_dir, files["jpeg"], "--output", str(tmp_path / "p.json")]) == 0

@@ -367,11 +367,10 @@ def _looks_like_an_image(encoded):
 
 
 def _first(indices, mask):
-    """The first index where `mask` holds (int32 max if none), and all of them: for error messages."""
+    """The first index where `mask` holds (int32 max if none), for error messages."""
     import tensorflow as tf
 
-    where = tf.boolean_mask(indices, mask)
-    return tf.reduce_min(tf.concat([where, [tf.int32.max]], 0)), where
+    return tf.reduce_min(tf.concat([tf.boolean_mask(indices, mask), [tf.int32.max]], 0))
 
 
 class _Serving:
@@ -420,7 +419,7 @@ class _Serving:
         # 0..1 pixels (a client that divided by 255) would be served as near-black images: nonsense
         # probabilities, no error. An all-zero (black) image is legitimate and passes.
         largest = tf.reduce_max(images, axis=[1, 2, 3])
-        first, _ = _first(tf.range(tf.shape(images)[0]), (largest > 0.0) & (largest <= 1.0))
+        first = _first(tf.range(tf.shape(images)[0]), (largest > 0.0) & (largest <= 1.0))
         message = tf.strings.format(
             "images[{}]: pixels look scaled to 0..1 (largest value {}); send RGB 0..255 (float32 0.0..255.0, "
             "or uint8 to serve_uint8)",
@@ -450,7 +449,7 @@ class _Serving:
         with tf.control_dependencies([rank_check]):
             image_bytes = tf.reshape(image_bytes, [-1])  # a scalar: a batch of one
         indices = tf.range(tf.size(image_bytes))
-        first, _ = _first(indices, tf.logical_not(_looks_like_an_image(image_bytes)))
+        first = _first(indices, tf.logical_not(_looks_like_an_image(image_bytes)))
         # decode_image's own error for bytes in no image format does not say which element.
         message = tf.strings.format(
             "image_bytes[{}] is not a JPEG, PNG, GIF or BMP image (its first bytes match no image format)", first
@@ -475,7 +474,7 @@ class _Serving:
         empty = tf.data.Dataset.from_tensors((tf.zeros([0], tf.int32), tf.zeros([0, h, w, 3], tf.float32)))
         found, images = decoded.concatenate(empty).take(1).get_single_element()
         lost = tf.logical_not(tf.reduce_any(tf.equal(indices[:, None], found[None, :]), axis=1))
-        first, _ = _first(indices, lost)
+        first = _first(indices, lost)
         message = tf.strings.format(
             "image_bytes[{}] could not be decoded: it starts like an image but is corrupt or truncated", first
         )
