@@ -56,7 +56,7 @@ def test_two_cpu_replicas_match_one_replica(tmp_path):
     for run in (losses["one"], losses["two_sync"]):
         assert sorted(run) == list(range(1, 9)) and all(np.isfinite(list(run.values())))
         assert run[8] < run[1]  # the running epoch loss falls: it trains
-    assert_evaluation_matches_the_export(tmp_path / "two", tmp_path / "saved" / "resnet20" / "1")
+    assert_evaluation_matches_the_export(tmp_path / "two", tmp_path / "saved" / "two" / "1")  # named after the run
     # Weights, BN statistics, momentum and counters (Keras checkpoints trainable weights under optimizer/).
     # The first step's gradients agree to 2e-4 (float sums in another order); 8 noisy steps of batch 16
     # grow that to ~3 %. A loss averaged per replica (twice the gradients) puts the momentum 50-100 % off.
@@ -161,7 +161,7 @@ def test_export_after_bf16_training_matches_keras(tmp_path):
     result = train(tmp_path, "--steps", "3", "--precision", "bf16", "--image-size", "16", "--model-dir", str(model_dir))
     exported = re.search(r"SavedModel:\s+(\S+)", result.stdout).group(1)
     assert pathlib.Path(exported).name == "1"
-    # The CLI exports the same run again as the next version.
+    # Exporting the same checkpoint again writes no new version: TF Serving keeps serving version 1.
     cli = subprocess.run(
         [
             sys.executable,
@@ -179,7 +179,8 @@ def test_export_after_bf16_training_matches_keras(tmp_path):
         timeout=300,
     )
     assert cli.returncode == 0, cli.stderr[-3000:]
-    assert (tmp_path / "saved" / "resnet20" / "2" / "saved_model.pb").exists()
+    assert "Already exported" in cli.stdout + cli.stderr
+    assert exported.endswith("saved/run/1") and not (tmp_path / "saved" / "run" / "2").exists()
 
     config = config_lib.read(model_dir / "config.json")
     keras.mixed_precision.set_global_policy("float32")

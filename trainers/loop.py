@@ -64,7 +64,7 @@ class Loop:
 
         config_lib.validate(config)  # again: a config built in code never went through the flags' checks
         _refuse_xla_with_sync_bn(config, config.gpus or config.cpu_replicas or 1)
-        self.strategy = make_strategy(config.gpus, config.cpu_replicas)  # before anything touches TF devices
+        self.strategy = make_strategy(**config_lib.strategy_settings(config))  # before anything touches TF devices
         config = dataclasses.replace(config, precision=resolve_precision(config.precision, _device_type(self.strategy)))
         keras.mixed_precision.set_global_policy(POLICIES[config.precision])
         keras.utils.set_random_seed(config.seed)
@@ -275,7 +275,9 @@ class Loop:
     def export(self):
         """Export the last checkpoint, the same path as `python -m trainers.export --model-dir`."""
         path = self.task.export(self.run_dir, self.config.export_dir, self.config.export_name)
-        if path:
+        if path and getattr(path, "reused", False):
+            log.info("Already exported: %s holds this checkpoint; no new version.", path)
+        elif path:
             log.info("Exported SavedModel to %s", path)
         return path
 
