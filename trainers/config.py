@@ -52,6 +52,11 @@ class Config:
     # Machines and numerics.
     gpus: int | None = None
     cpu_replicas: int | None = None
+    cluster: str | None = None
+    cluster_port: int = 8888
+    worker_hosts: str | None = None
+    task_index: int | None = None
+    tpu: str | None = None
     precision: str = "auto"
     loss_scale: float | None = None
     xla: bool = False
@@ -115,6 +120,13 @@ HELP = {
     "label_smoothing": "label smoothing",
     "gpus": "mirror over this many GPUs (error if fewer exist)",
     "cpu_replicas": "split the CPU into N logical devices and mirror over them",
+    "cluster": "slurm: one worker per task of the srun step, from Slurm's environment (SlurmClusterResolver); "
+    "each mirrors over its node's GPUs (--gpus N per task)",
+    "cluster_port": "--cluster slurm: first gRPC port of the workers on each node (tasks on a node count up)",
+    "worker_hosts": "every worker's HOST:PORT, the same list on each, e.g. h1:2222,h2:2222 (writes TF_CONFIG; "
+    "the first is the chief). gRPC between workers is unauthenticated: a private network only",
+    "task_index": "this process's position in --worker-hosts, 0 (the chief) to N-1",
+    "tpu": "TPUStrategy on a TPU: local (a TPU VM's own chips) or a Cloud TPU's name or grpc://IP:8470",
     "precision": "auto: bf16 where computed natively, fp16 on GPUs without bf16, else fp32",
     "loss_scale": "fp16: initial dynamic loss scale; halved on each overflow",
     "xla": "compile the per-replica step with XLA",
@@ -148,6 +160,10 @@ UNSET = {
     "warmup_lr": "auto: 0.01 at --lr-batch for resnet110 and resnet1202, else none",
     "gpus": "every GPU found, else the CPU",
     "cpu_replicas": "none",
+    "cluster": "none: TF_CONFIG if set, else this machine",
+    "worker_hosts": "none: TF_CONFIG if set, else this machine",
+    "task_index": "none",
+    "tpu": "none",
     "loss_scale": "Keras's 32768",
     "steps_per_loop": "by device: CPU 10, GPU 100, TPU 500",
     "model_dir": "runs/<recipe>-<model>-<data>-<hash of the settings>",
@@ -161,6 +177,7 @@ CHOICES = {
     "mean": ("per_pixel", "rgb", "none"),
     "schedule": ("step", "cosine"),
     "precision": ("auto", "fp32", "bf16", "fp16"),
+    "cluster": ("slurm",),
 }
 
 DATA_FORMS = ("tfds:NAME", "tfrecord:DIR", "folder:DIR", "digits", "synthetic")
@@ -487,7 +504,16 @@ def load_file(path):
 
 def _metavar(field):
     kind = _base_type(field)
-    special = {"config": "FILE", "data": "SPEC", "profile_steps": "A,B", "num_examples": "SPLIT=N,..."}
+    special = {
+        "config": "FILE",
+        "data": "SPEC",
+        "profile_steps": "A,B",
+        "num_examples": "SPLIT=N,...",
+        "worker_hosts": "HOST:PORT,...",
+        "tpu": "NAME|local",
+        "cluster_port": "PORT",
+        "task_index": "I",
+    }
     if field.name in special:
         return special[field.name]
     if field.name.endswith("_dir"):
@@ -598,6 +624,8 @@ AT_LEAST = {
     "log_steps": 1,
     "gpus": 1,
     "cpu_replicas": 1,
+    "cluster_port": 1,
+    "task_index": 0,
     "seed": 0,
     "warmup_epochs": 0,
     "weight_decay": 0,
@@ -658,6 +686,7 @@ def validate(config):
         raise ConfigError("say how long to train: --epochs N or --steps N", "epochs")
     _validate_boundaries(config)
     _validate_devices(config)
+    _validate_cluster(config)
     _validate_data(config)
     if config.profile_steps:
         _validate_profile_steps(config.profile_steps)
@@ -697,6 +726,77 @@ def _validate_devices(config):
         raise ConfigError(
             f"--batch-size {config.batch_size} does not divide evenly over {flag} {replicas}: use a multiple of "
             f"{replicas}, e.g. --batch-size {max(replicas, config.batch_size // replicas * replicas)}",
+            "batch_size",
+        )
+
+
+def worker_host_list(text):
+    """ "h1:2222, h2:2222" -> ["h1:2222", "h2:2222"]; ConfigError naming --worker-hosts for a bad entry."""
+    hosts = [h.strip() for h in str(text).split(",")]
+    for host in hosts:
+        name, colon, port = host.rpartition(":")
+        if not colon or not name or name in ("[", "[]") or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ConfigError(
+                f"--worker-hosts {text}: {host!r} is not HOST:PORT with a port 1-65535 (e.g. "
+                "--worker-hosts host1:2222,host2:2222)",
+                "worker_hosts",
+            )
+    repeated = sorted({h for h in hosts if hosts.count(h) > 1})
+    if repeated:
+        raise ConfigError(
+            f"--worker-hosts {text}: {', '.join(repeated)} given twice: one address per worker", "worker_hosts"
+        )
+    return hosts
+
+
+def _validate_cluster(config):
+    """--cluster, --worker-hosts and --tpu say where the run's devices are: one of them, consistently."""
+    given = [f"{_flag(n)} {getattr(config, n)}" for n in ("cluster", "worker_hosts", "tpu") if getattr(config, n)]
+    if len(given) > 1:
+        raise ConfigError(f"{' and '.join(given)} both say where to train: give one of them", "worker_hosts")
+    if config.tpu is not None and not config.tpu.strip():
+        raise ConfigError("--tpu: name the TPU, or local for a TPU VM's own chips", "tpu")
+    if config.tpu:
+        for name in ("gpus", "cpu_replicas"):
+            if getattr(config, name):
+                raise ConfigError(
+                    f"--tpu {config.tpu} and {_flag(name)} are exclusive: a TPU run uses its TPU cores", name
+                )
+    if config.cluster_port > 65535:
+        raise _problem("cluster_port", config.cluster_port, "must be a port number, 1-65535")
+    if config.task_index is not None and not config.worker_hosts:
+        raise ConfigError(
+            f"--task-index {config.task_index} needs --worker-hosts (the list it indexes), e.g. --worker-hosts "
+            "h1:2222,h2:2222 --task-index 0",
+            "task_index",
+        )
+    if not config.worker_hosts:
+        return
+    hosts = worker_host_list(config.worker_hosts)
+    if config.task_index is None:
+        raise ConfigError(
+            f"--worker-hosts {config.worker_hosts} needs --task-index I, this worker's position in the list "
+            f"(0 to {len(hosts) - 1}; 0 is the chief)",
+            "task_index",
+        )
+    if config.task_index >= len(hosts):
+        raise ConfigError(
+            f"--task-index {config.task_index}: out of range for {len(hosts)} --worker-hosts (0 to {len(hosts) - 1})",
+            "task_index",
+        )
+    if len(hosts) > 1 and config.cpu_replicas:
+        raise ConfigError(
+            f"--cpu-replicas {config.cpu_replicas} with --worker-hosts: each worker is one CPU replica under "
+            "MultiWorkerMirroredStrategy; drop --cpu-replicas",
+            "cpu_replicas",
+        )
+    replicas = len(hosts) * (config.gpus or 1)
+    if config.batch_size % replicas:
+        per = f" x --gpus {config.gpus}" if config.gpus else ""
+        raise ConfigError(
+            f"--batch-size {config.batch_size} does not divide evenly over {len(hosts)} --worker-hosts{per} = "
+            f"{replicas} replicas: use a multiple of {replicas}, e.g. --batch-size "
+            f"{max(replicas, config.batch_size // replicas * replicas)}",
             "batch_size",
         )
 
@@ -767,6 +867,11 @@ RUNTIME_FIELDS = frozenset(
         "download",
         "gpus",
         "cpu_replicas",
+        "cluster",
+        "cluster_port",
+        "worker_hosts",
+        "task_index",
+        "tpu",
         "xla",
         "model_dir",
         "checkpoint_steps",
@@ -783,6 +888,15 @@ RUNTIME_FIELDS = frozenset(
         "num_examples",
     }
 )
+
+
+# The settings that choose the devices and the cluster: make_strategy's arguments.
+STRATEGY_FIELDS = ("gpus", "cpu_replicas", "cluster", "worker_hosts", "task_index", "tpu", "cluster_port")
+
+
+def strategy_settings(config):
+    """make_strategy's keyword arguments from `config`."""
+    return {name: getattr(config, name) for name in STRATEGY_FIELDS}
 
 
 def training_fields(config):
