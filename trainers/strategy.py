@@ -97,7 +97,7 @@ def slurm_resolver(port_base=8888):
         resolver = resolver_class(port_base=port_base, gpus_per_node=tasks, gpus_per_task=1, auto_set_gpu=False)
         spec = resolver.cluster_spec().as_dict()
     except (KeyError, RuntimeError, ValueError) as error:
-        missing = error.args[0] if isinstance(error, KeyError) else error
+        missing = f"{error.args[0]} is not set" if isinstance(error, KeyError) else error
         raise ValueError(
             f"--cluster slurm: cannot read the Slurm step from the environment ({missing}). Start each worker "
             "with srun inside an sbatch or salloc allocation (deploy/slurm/train.sbatch), or use --worker-hosts."
@@ -197,11 +197,19 @@ def workers(strategy):
     return 1
 
 
+def public_name(strategy):
+    """The tf.distribute name of `strategy`'s class (MultiWorkerMirroredStrategy, not CollectiveAllReduceStrategy)."""
+    for name in ("MultiWorkerMirroredStrategy", "TPUStrategy", "MirroredStrategy", "OneDeviceStrategy"):
+        if isinstance(strategy, getattr(tf.distribute, name)):
+            return name
+    return type(strategy).__name__
+
+
 def describe(strategy, batch_size=None, lr=None):
     """'MultiWorkerMirroredStrategy: 2 workers x 8 replicas = 16 replicas, global batch 1024 (64 per
     replica), lr 0.4': what a start log says about the machines."""
     n_workers, replicas_n = workers(strategy), strategy.num_replicas_in_sync
-    name = type(strategy).__name__
+    name = public_name(strategy)
     if n_workers > 1:
         per_worker = replicas_n // n_workers
         text = f"{name}: {n_workers} workers x {per_worker} replica{'s' * (per_worker != 1)} = {replicas_n} replicas"
