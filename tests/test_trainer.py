@@ -271,17 +271,38 @@ def test_gpus_without_gpus_lists_the_devices(tmp_path):
     )
 
 
-def run_two_workers(tmp_path, *args, timeout=600):
-    """Two `trainers.cifar10` processes on localhost under one TF_CONFIG: (exit codes, logs)."""
-    cluster = {"worker": [f"localhost:{_free_port()}" for _ in range(2)]}
+# Runs a trainer's command line (argv[2:]) after wrapping Loop.fit to save the model's final weights to
+# argv[1]: each worker's own copy, which a non-chief otherwise keeps only in scratch checkpoints it removes.
+SAVING_FINAL_WEIGHTS = """
+import runpy, sys
+import numpy as np
+from trainers import loop
+
+fit, path = loop.Loop.fit, sys.argv[1]
+
+def fit_then_save_weights(self):
+    result = fit(self)
+    np.savez(path, **{v.path: v.numpy() for v in self.model.weights})
+    return result
+
+loop.Loop.fit = fit_then_save_weights
+sys.argv = sys.argv[2:]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
+def run_two_workers(tmp_path, *args, timeout=600, save_weights=False):
+    """Two `trainers.cifar10` processes on localhost, `--worker-hosts localhost:P1,localhost:P2 --task-index i`:
+    (exit codes, logs). `save_weights`: each also writes its final model weights to tmp_path/weights<i>.npz."""
+    hosts = ",".join(f"localhost:{_free_port()}" for _ in range(2))
+    env = {k: v for k, v in ENV.items() if k != "TF_CONFIG"}
     processes = []
     for index in range(2):
-        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        cmd = [sys.executable, "-m", "trainers.cifar10", *TINY, *args]
+        saving = ["-c", SAVING_FINAL_WEIGHTS, str(tmp_path / f"weights{index}.npz")] if save_weights else ["-m"]
+        cmd = [sys.executable, *saving, "trainers.cifar10", *TINY, *args]
+        cmd += ["--worker-hosts", hosts, "--task-index", str(index)]
         log = open(tmp_path / f"worker{index}.log", "w")
-        processes.append(
-            subprocess.Popen(cmd, env={**ENV, "TF_CONFIG": tf_config}, cwd=tmp_path, stdout=log, stderr=log)
-        )
+        processes.append(subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=log, stderr=log))
     try:
         codes = [p.wait(timeout=timeout) for p in processes]
     finally:
@@ -292,17 +313,30 @@ def run_two_workers(tmp_path, *args, timeout=600):
 
 @pytest.mark.slow
 def test_two_workers_train_with_multi_worker_mirrored_strategy(tmp_path):
-    """The same engine under MultiWorkerMirroredStrategy: two processes on localhost, TF_CONFIG."""
+    """The same engine under MultiWorkerMirroredStrategy: two processes on localhost from --worker-hosts and
+    --task-index, 2 epochs of a generated image folder; both finish with the same weights, the chief exports."""
     model_dir = tmp_path / "run"
-    codes, logs = run_two_workers(
-        tmp_path, "--steps", "6", "--model-dir", str(model_dir), "--export-dir", str(tmp_path / "saved")
-    )
+    folder = make_image_folder(tmp_path / "images", per_class=16)  # 32 images: 24 to train, 8 to validate
+    args = ["--data", f"folder:{folder}", "--validation-split", "8", "--image-size", "16", "--batch-size", "8"]
+    args += ["--epochs", "2", "--model-dir", str(model_dir), "--export-dir", str(tmp_path / "saved")]
+    codes, logs = run_two_workers(tmp_path, *args, save_weights=True)
     assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
-    assert "MultiWorkerMirroredStrategy" in logs[0] and "2 replicas" in logs[0]
-    assert json.loads((model_dir / "result.json").read_text())["step"] == 6
-    assert (tmp_path / "saved" / "resnet20" / "1" / "saved_model.pb").exists()
+    for text in logs:
+        assert re.search(r"(MultiWorkerMirrored|CollectiveAllReduce)Strategy", text) and "2 replicas" in text
+        assert re.search(r"epoch 2 step 6: .*val_top1", text), text[-3000:]
+    assert json.loads((model_dir / "result.json").read_text())["step"] == 6  # 3 steps of 8 an epoch
+    assert (tmp_path / "saved" / "run" / "1" / "saved_model.pb").exists()
     assert not list(model_dir.glob(".worker-*"))  # the non-chief's scratch checkpoints are gone
     assert max(scalars(model_dir / "logs" / "train", "loss")) == 6
+    chief, other = (np.load(tmp_path / f"weights{i}.npz") for i in range(2))
+    assert sorted(chief.files) == sorted(other.files) and len(chief.files) > 60
+    different = [name for name in chief.files if not np.array_equal(chief[name], other[name])]
+    assert not different, different  # every weight and BN statistic, bit for bit
+    saved = list(checkpoint_values(model_dir).values())  # the chief's kept checkpoint holds those final weights
+    kernels = [chief[name] for name in chief.files if name.endswith("/kernel")]
+    assert len(kernels) == 20 and all(
+        any(np.array_equal(k, v) for v in saved if np.shape(v) == k.shape) for k in kernels
+    )
 
 
 def test_too_many_corrupt_images_stop_the_run_naming_them(tmp_path):
