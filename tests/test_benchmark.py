@@ -43,8 +43,8 @@ def test_tiny_run_writes_the_table_and_the_json(tmp_path, monkeypatch):
     code = benchmark.main([*argv, "--secondary-rounds", "1", "--output-json", str(out), "--write-markdown", str(md)])
     assert code == 0
     names = ["resnet20_ours", "resnet20_keras", "matmul_fp32", "matmul_bf16", "loop_1", "loop_4"]
-    # Round 1 forward, round 2 backward; secondary suites (loop, mfu) run once.
-    assert [name for name, _ in calls] == names + ["resnet20_keras", "resnet20_ours"]
+    # Round 1 forward, round 2 backward; the secondary loop suite runs once.
+    assert [name for name, _ in calls] == names + ["matmul_bf16", "matmul_fp32", "resnet20_keras", "resnet20_ours"]
     assert all(env == "trainers" for _, env in calls)
 
     report = json.loads(out.read_text())
@@ -55,8 +55,8 @@ def test_tiny_run_writes_the_table_and_the_json(tmp_path, monkeypatch):
     ours = report["configs"]["resnet20_ours"]
     assert ours["rounds"] == 2 and ours["images_per_second"]["median"] == pytest.approx(180.0)
     assert ours["max_rss_mib"]["max"] == 502.0
-    # MFU per round: 2 x MACs x 3 x images/s over that round's fp32 peak (round 2 falls back to the median).
-    assert ours["mfu"]["min"] == pytest.approx(2 * 1e6 * 3 * 120 / 1e11)
+    # MFU per round: 2 x MACs x 3 x images/s over that round's fp32 peak.
+    assert ours["mfu"]["min"] == ours["mfu"]["max"] == pytest.approx(2 * 1e6 * 3 * 120 / 1e11)
     first = report["comparisons"][0]
     assert first["numerator"] == "resnet20_ours" and first["target"] == 1.0
     assert first["median"] == pytest.approx(1.2) and first["n"] == 2 and first["met"] is True

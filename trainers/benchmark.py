@@ -39,7 +39,9 @@ import tempfile
 import time
 
 SUITES = ("resnet50", "cifar", "input", "mfu", "memory", "replicas", "loop", "serving")
-SECONDARY = ("input", "mfu", "replicas", "loop", "serving")  # suites run --secondary-rounds times
+# Run --secondary-rounds times: what no target depends on (the input suite's training runs and the matmul
+# peaks do: they keep --rounds).
+SECONDARY = ("input pipelines alone", "replicas", "loop", "serving")
 POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 # Per suite: (image size, batch, warm-up steps, timed steps) unless --image-size/--batch-size/--warmup/--steps.
 SIZES = {
@@ -473,7 +475,7 @@ def plan(args, auto_precision, work):
         pipe = _common(args, "pipeline", kind="pipeline")
         for kind, data in (("synthetic", "synthetic"), ("folder", f"folder:{work}/folder"),
                            ("tfrecord", f"tfrecord:{work}/tfrecord")):  # fmt: skip
-            add(f"input_{kind}", "input", {**spec, "data": data}, rounds=secondary,
+            add(f"input_{kind}", "input", {**spec, "data": data},
                 label=f"ResNet-20 trainers from {kind} data (cifar augmentation)")  # fmt: skip
             add(f"pipeline_{kind}", "input", {**pipe, "data": data}, rounds=secondary,
                 label=f"input pipeline alone, {kind} (decode + cifar augmentation)")  # fmt: skip
@@ -486,7 +488,7 @@ def plan(args, auto_precision, work):
         for precision in ("fp32", "bf16"):
             add(f"matmul_{precision}", "mfu",
                 {"kind": "matmul", "precision": precision, "matmul_size": args.matmul_size,
-                 "matmul_seconds": args.matmul_seconds}, rounds=secondary,
+                 "matmul_seconds": args.matmul_seconds},
                 label=f"matmul peak, {precision} ({args.matmul_size}x{args.matmul_size})")  # fmt: skip
     if "replicas" in suites:
         spec = _common(args, "replicas", model="resnet20", kind="train", precision="auto")
@@ -645,7 +647,7 @@ def run_child(spec, env, timeout):
     return {"result": json.loads(lines[-1])}
 
 
-def run_rounds(ms, args, log=print):
+def run_rounds(ms, args, log=print, after=None):
     """Interleaved: round r runs every configuration still due, in forward order on even rounds and in
     reverse on odd ones; a configuration that fails is not retried."""
     rounds = max(m.rounds for m in ms)
@@ -667,6 +669,8 @@ def run_rounds(ms, args, log=print):
             value = result.get("images_per_second")
             shown = f"{value:.2f} img/s" if value is not None else f"{result['flops_per_second'] / 1e9:.1f} GFLOP/s"
             log(f"round {r + 1}/{rounds} {m.name}: {shown}, {result['max_rss_mib']:.0f} MiB ({took:.0f} s)")
+            if after:
+                after()
 
 
 # == results =========================================================================================================
@@ -969,7 +973,14 @@ def main(argv=None):
             return 0
         started = time.perf_counter()
         prepare(args, ms, work)
-        run_rounds(ms, args)
+
+        def save_partial():  # a long run that dies keeps what it measured
+            if args.output_json:
+                partial = {"machine": machine, "complete": False, **summarize(ms, cs)}
+                with open(args.output_json, "w", encoding="utf-8") as f:
+                    json.dump(partial, f, indent=1, default=str)
+
+        run_rounds(ms, args, after=save_partial)
         elapsed = time.perf_counter() - started
     _add_accelerators(machine, ms)
     loads = [run["result"]["load_average"] for m in ms for run in m.runs if run.get("result", {}).get("load_average")]
@@ -986,6 +997,7 @@ def main(argv=None):
         "settings": {k: v for k, v in vars(args).items() if k != "one"},
         "precision_auto": auto,
         "elapsed_seconds": elapsed,
+        "complete": True,
         **summary,
         "markdown": table,
     }
