@@ -18,7 +18,8 @@ import numpy as np
 import tensorflow as tf
 
 from trainers import config as config_lib
-from trainers import replicas, schedules
+from trainers import hardware, replicas, schedules
+from trainers import strategy as strategy_lib
 from trainers.logs import Board, Progress, log
 from trainers.run_dir import RunDir, default_model_dir
 from trainers.strategy import make_strategy
@@ -44,8 +45,6 @@ class Interrupted(Exception):
 
 def resolve_precision(name, device=None):
     """`auto` -> the precision `device` ("CPU", "GPU", "TPU") computes fastest (trainers.hardware decides)."""
-    from trainers import hardware
-
     return hardware.auto_precision(device) if name == "auto" else name
 
 
@@ -217,7 +216,7 @@ class Loop:
         @tf.function
         def any_worker(flag):
             per_replica = self.strategy.run(lambda f: f, args=(flag,))
-            return self.strategy.reduce(tf.distribute.ReduceOp.MAX, per_replica, axis=None)
+            return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
         return lambda flag: bool(any_worker(tf.constant(1.0 if flag else 0.0)).numpy() > 0)
 
@@ -284,18 +283,19 @@ class Loop:
     # -- epochs ---------------------------------------------------------------------------------------
     def _log_start(self):
         config = self.config
+        machines = strategy_lib.describe(self.strategy, config.batch_size, self.schedule.peak_lr)
         log.info(
-            "%s on %s: %d replicas (%s), %d steps of batch %d (%d steps/epoch, %d per device loop), precision %s",
+            "%s on %s: %s; %d steps (%d an epoch, %d per device loop), precision %s",
             config.model,
             config.data,
-            self.strategy.num_replicas_in_sync,
-            type(self.strategy).__name__,
+            machines,
             self.total_steps,
-            config.batch_size,
             self.steps_per_epoch,
             self.steps_per_loop,
             config.precision,
         )
+        log.info("%s", hardware.onednn().line)
+        hardware.warn_if_slow(config.precision, _device_type(self.strategy))
         for line in self.task.describe():
             log.info("%s", line)
         described, warning = schedules.describe(self.schedule, config)
