@@ -29,16 +29,10 @@ def trainable(model):
     return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
 
 
-# Built once for its save/load test, which checks its counts too: a ResNet-1202 build takes ~35 s.
-COUNTED_IN_PORTABILITY = {("resnet1202", "A")}
-
-
 def _param_cases():
     for depth, counts in PARAMS.items():
         marks = [pytest.mark.slow] if depth == 1202 else []
         for column, kind, shortcut in ((0, "resnet", "A"), (1, "resnet", "B"), (2, "resnet", "C"), (0, "plain", None)):
-            if (f"{kind}{depth}", shortcut) in COUNTED_IN_PORTABILITY:
-                continue
             yield pytest.param(f"{kind}{depth}", shortcut, counts[column], marks=marks, id=f"{kind}{depth}-{shortcut}")
 
 

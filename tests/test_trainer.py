@@ -378,15 +378,6 @@ def test_fp16_loss_scaling_with_xla_on_two_replicas(tmp_path):
     assert json.loads((model_dir / "result.json").read_text())["step"] == 3
 
 
-def test_benchmark_prints_a_ratio_table(tmp_path):
-    cmd = [sys.executable, "-m", "trainers.benchmark", "--batch-size", "8", "--steps", "1", "--warmup", "1"]
-    cmd += ["--image-size", "8"]
-    result = subprocess.run([*cmd, "--variants", "fp32,bf16"], env=ENV, capture_output=True, text=True, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "| fp32 |" in result.stdout and "| 1.00x |" in result.stdout
-    assert re.search(r"\| bf16 \| [0-9.]+ \| [0-9.]+x \|", result.stdout)
-
-
 @pytest.mark.parametrize("text", ["3,2", "0", "a,b", "1,2,3"])
 def test_bad_profile_steps_are_refused(text):
     from trainers.loop import _profile_range
