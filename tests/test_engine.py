@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 from events import scalars
 
+import trainers
 from trainers import config as config_lib
 from trainers import data, loop, recipes, run_dir
 from trainers.config import Config
@@ -278,7 +279,7 @@ class Regression(Task):
 def test_a_task_defined_outside_trains_through_the_public_api(tmp_path):
     settings = dict(batch_size=32, lr=0.2, lr_batch=32, momentum=0.0, steps=64, weight_decay=0.0, steps_per_loop=4)
     config = tiny(tmp_path, "toy", **settings)
-    result = loop.train(config, task=Regression(config), export=False)
+    result = trainers.train(config, task=Regression(config), export=False)  # the public API
     assert result["step"] == 64 and result["validation"]["examples"] == 256
     assert result["validation"]["squared_error"] < 1e-3  # from about 14: it learned w
     assert checkpoint_step(config.model_dir) == 64

@@ -12,3 +12,15 @@ before trainers keeps TensorFlow's own default. This module imports nothing heav
 from trainers import hardware as _hardware
 
 _hardware.configure_environment()
+
+# The public API, imported on first use so `python -m trainers.X --help` never starts TensorFlow:
+# trainers.train(config, task=None) -> result dict; trainers.Task to subclass; trainers.Interrupted.
+_PUBLIC = {"train": "trainers.loop", "Loop": "trainers.loop", "Interrupted": "trainers.loop", "Task": "trainers.tasks"}
+
+
+def __getattr__(name):
+    if name in _PUBLIC:
+        import importlib
+
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'trainers' has no attribute {name!r}")
