@@ -1,4 +1,26 @@
 import os
 
+import pytest
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+@pytest.fixture
+def restore_logging(monkeypatch):
+    """For tests that set up logging for the process: put the loggers, absl and the environment back."""
+    import logging
+
+    from absl import logging as absl_logging
+
+    names = ("trainers", "tensorflow", "absl", "")
+    saved = [(logging.getLogger(n), logging.getLogger(n).level, list(logging.getLogger(n).handlers)) for n in names]
+    propagate, verbosity = logging.getLogger("trainers").propagate, absl_logging.get_verbosity()
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+        monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", os.environ["TF_CPP_MIN_LOG_LEVEL"])
+    yield
+    for logger, level, handlers in saved:
+        logger.setLevel(level)
+        logger.handlers[:] = handlers
+    logging.getLogger("trainers").propagate = propagate
+    absl_logging.set_verbosity(verbosity)

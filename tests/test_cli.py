@@ -15,23 +15,7 @@ from test_data import make_folder
 from trainers import cli, data, recipes
 from trainers import config as config_lib
 
-
-@pytest.fixture(autouse=True)
-def restore_logging(monkeypatch):
-    """cli.main sets up logging for the process: put the loggers, absl and the environment back."""
-    from absl import logging as absl_logging
-
-    names = ("trainers", "tensorflow", "absl", "")
-    saved = [(logging.getLogger(n), logging.getLogger(n).level, list(logging.getLogger(n).handlers)) for n in names]
-    propagate, verbosity = logging.getLogger("trainers").propagate, absl_logging.get_verbosity()
-    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
-        monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", os.environ["TF_CPP_MIN_LOG_LEVEL"])
-    yield
-    for logger, level, handlers in saved:
-        logger.setLevel(level)
-        logger.handlers[:] = handlers
-    logging.getLogger("trainers").propagate = propagate
-    absl_logging.set_verbosity(verbosity)
+pytestmark = pytest.mark.usefixtures("restore_logging")  # cli.main and setup_logging change process-wide logging
 
 
 def cifar10(*argv):
