@@ -153,3 +153,16 @@ def test_one_tiny_training_measurement_in_process():
     assert result["images"] == 16 and result["seconds"] > 0 and result["images_per_second"] > 0
     assert result["steps_per_loop"] == 2 and result["precision"] == "fp32"
     assert result["macs_per_image"] > 0 and result["max_rss_mib"] > 0
+
+
+def test_resume_keeps_what_an_earlier_run_measured(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(benchmark, "run_child", fake_child(calls))
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    argv = ["--suites", "loop", "--loop-steps", "4", *TINY[2:]]
+    assert benchmark.main([*argv, "--rounds", "1", "--output-json", str(first)]) == 0
+    calls.clear()
+    assert benchmark.main([*argv, "--rounds", "2", "--resume", str(first), "--output-json", str(second)]) == 0
+    assert [name for name, _ in calls] == ["loop_4", "loop_1"]  # round 2 only, in reverse
+    report = json.loads(second.read_text())
+    assert [run["round"] for run in report["configs"]["loop_1"]["runs"]] == [0, 1]

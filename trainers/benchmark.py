@@ -415,8 +415,11 @@ def _title(model):
     return model.replace("resnet", "ResNet-").replace("plain", "Plain-")
 
 
-def plan(args, auto_precision, work):
-    """(measurements, comparisons) of the selected suites; `work` is the scratch folder for data and models."""
+WORK = "{work}"  # in specs: the scratch folder for data and models, filled in when a child runs
+
+
+def plan(args, auto_precision, work=WORK):
+    """(measurements, comparisons) of the selected suites; paths in the scratch folder are written `work`."""
     suites = args.suites
     main_rounds, secondary = args.rounds, args.secondary_rounds or args.rounds
     ms, cs = [], []
@@ -647,17 +650,34 @@ def run_child(spec, env, timeout):
     return {"result": json.loads(lines[-1])}
 
 
-def run_rounds(ms, args, log=print, after=None):
+def resume(ms, path, log=print):
+    """Takes the successful measurements of configurations with the same spec from an earlier (partial) JSON."""
+    with open(path, encoding="utf-8") as f:
+        earlier = json.load(f)["configs"]
+    for m in ms:
+        old = earlier.get(m.name)
+        if old and old.get("spec") == json.loads(json.dumps(m.spec)) and old.get("environment") == m.env:
+            m.runs = [run for run in old["runs"] if "result" in run and run["round"] < m.rounds]
+            if m.runs:
+                log(f"{m.name}: {len(m.runs)} rounds from {path}")
+
+
+def _in(spec, work):
+    """spec with the scratch folder's placeholder filled in."""
+    return {k: v.replace(WORK, work) if isinstance(v, str) else v for k, v in spec.items()}
+
+
+def run_rounds(ms, args, log=print, after=None, work=WORK):
     """Interleaved: round r runs every configuration still due, in forward order on even rounds and in
-    reverse on odd ones; a configuration that fails is not retried."""
+    reverse on odd ones; a configuration that fails is not retried, one measured already (--resume) is kept."""
     rounds = max(m.rounds for m in ms)
     for r in range(rounds):
-        order = [m for m in ms if r < m.rounds and not m.failed]
+        order = [m for m in ms if r < m.rounds and not m.failed and r not in {run["round"] for run in m.runs}]
         if r % 2:
             order.reverse()
         for m in order:
             started = time.perf_counter()
-            outcome = run_child(m.spec, m.env, args.timeout)
+            outcome = run_child(_in(m.spec, work), m.env, args.timeout)
             took = time.perf_counter() - started
             if "error" in outcome:
                 m.failed = True
@@ -939,6 +959,12 @@ def parser():
         help="with --profile-dir: profile these steps (A,B) of trainers' runs into TensorBoard",
     )
     p.add_argument("--profile-dir", default=None, help="keep trainers' run dirs (and profiles) under this folder")
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="JSON",
+        help="keep the measurements of an earlier run's (partial) JSON whose configuration is unchanged; run the rest",
+    )
     p.add_argument("--list", action="store_true", help="print the configurations and comparisons, run nothing")
     p.add_argument("--one", default=None, metavar="SPEC", help="internal: run one measurement (JSON) and print it")
     return p
@@ -964,7 +990,7 @@ def main(argv=None):
     auto = hardware.auto_precision() if {"resnet50", "cifar"} & set(args.suites) else None
     print(hardware.summary_line(machine) + (f"; precision auto = {auto}" if auto else ""), flush=True)
     with tempfile.TemporaryDirectory(prefix="trainers-benchmark-") as work:
-        ms, cs = plan(args, auto, work)
+        ms, cs = plan(args, auto)
         if args.list:
             for m in ms:
                 print(f"{m.name:28} {m.rounds} rounds, {m.env} environment: {m.label}")
@@ -980,7 +1006,9 @@ def main(argv=None):
                 with open(args.output_json, "w", encoding="utf-8") as f:
                     json.dump(partial, f, indent=1, default=str)
 
-        run_rounds(ms, args, after=save_partial)
+        if args.resume:
+            resume(ms, args.resume)
+        run_rounds(ms, args, after=save_partial, work=work)
         elapsed = time.perf_counter() - started
     _add_accelerators(machine, ms)
     loads = [run["result"]["load_average"] for m in ms for run in m.runs if run.get("result", {}).get("load_average")]
