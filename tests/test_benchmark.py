@@ -148,9 +148,9 @@ def test_a_real_child_in_tensorflows_default_environment(monkeypatch):
 def test_one_tiny_training_measurement_in_process():
     """The child's own work, here: a few steps of trainers.loop.train timed by device loops."""
     spec = {"kind": "train", "model": "resnet20", "image_size": 8, "batch_size": 8, "classes": 10,
-            "warmup": 1, "steps": 2, "precision": "fp32", "steps_per_loop": 2}  # fmt: skip
-    result = benchmark.run_one(spec)
-    assert result["images"] == 16 and result["seconds"] > 0 and result["images_per_second"] > 0
+            "warmup": 3, "steps": 4, "precision": "fp32", "steps_per_loop": 2}  # fmt: skip
+    result = benchmark.run_one(spec)  # warm-up loops of 2 and 1 steps, then 2 timed loops of 2
+    assert result["images"] == 32 and result["seconds"] > 0 and result["images_per_second"] > 0
     assert result["steps_per_loop"] == 2 and result["precision"] == "fp32"
     assert result["macs_per_image"] > 0 and result["max_rss_mib"] > 0
 

@@ -99,11 +99,12 @@ def _default_steps_per_loop(spec):
 
 
 def measure_train(spec):
-    """trainers.loop.train on spec's data; images/s over the device loops after the warm-up one.
+    """trainers.loop.train on spec's data; images/s over the device loops after the warm-up.
 
-    The first device loop (tracing, the kernels' first runs, tf.data autotuning) is cut to spec's warm-up
-    steps; every timed loop after it is as long as the configuration makes it (--steps-per-loop or the
-    device's default), so ResNet-50 need not train 10 untimed steps on a CPU to warm up.
+    The warm-up (tracing, the kernels' first runs, tf.data autotuning) is spec's warm-up steps: the device
+    loop that would cross its end is cut there; every timed loop after it is as long as the configuration
+    makes it (--steps-per-loop or the device's default), so ResNet-50 need not train 10 untimed steps on a
+    CPU to warm up.
     """
     from trainers import loop
     from trainers.data import synthetic
@@ -123,14 +124,13 @@ def measure_train(spec):
     finally:
         synthetic.TRAIN_EXAMPLES, synthetic.VALIDATION_EXAMPLES, loop.Loop = saved
     timings = result["timings"]
-    if len(timings) != 1 + timed or timings[0][0] != warm:
+    timed_loops = [t for t in timings if t[0] > warm]
+    if warm not in [t[0] for t in timings] or len(timed_loops) != timed:
         found = [t[0] for t in timings]
-        raise RuntimeError(f"expected a warm-up loop to step {warm}, then {timed} loops of {steps_per_loop}: {found}")
-    images = sum(t[1] for t in timings[1:])
-    seconds = sum(t[2] for t in timings[1:])
+        raise RuntimeError(f"expected warm-up loops to step {warm}, then {timed} loops of {steps_per_loop}: {found}")
     return {
-        "images": images,
-        "seconds": seconds,
+        "images": sum(t[1] for t in timed_loops),
+        "seconds": sum(t[2] for t in timed_loops),
         "steps_per_loop": steps_per_loop,
         "precision": loop.resolve_precision(spec["precision"]),
         "macs_per_image": _macs(spec),
@@ -139,15 +139,12 @@ def measure_train(spec):
 
 
 def _warm_up_first(base, steps):
-    """`base` (trainers.loop.Loop) whose first device loop runs `steps` steps at most."""
+    """`base` (trainers.loop.Loop) whose device loops stop at step `steps` (the end of the warm-up) once."""
 
     class WarmUpFirst(base):
         def _loop_length(self, step, done, remaining):
             n = super()._loop_length(step, done, remaining)
-            if getattr(self, "_warmed_up", False):
-                return n
-            self._warmed_up = True
-            return min(n, steps)
+            return min(n, steps - step) if step < steps else n
 
     return WarmUpFirst
 
