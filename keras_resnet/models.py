@@ -61,15 +61,29 @@ def available():
     return sorted(SPECS, key=lambda n: (not SPECS[n].residual, SPECS[n].stem != "imagenet", SPECS[n].depth))
 
 
+def _cifar_depth(key):
+    """The depth of "resnet8", "plain14", ...: the CIFAR family is defined for every 6n+2 (Sec. 4.2), not only
+    the depths the paper trained; None when `key` is no such name."""
+    for kind in ("resnet", "plain"):
+        digits = key[len(kind) :]
+        if key.startswith(kind) and digits.isdigit() and int(digits) >= 8 and (int(digits) - 2) % 6 == 0:
+            return int(digits)
+    return None
+
+
 def get_spec(model_name, shortcut=None, variant=None):
-    """The registered spec for `model_name`, with `shortcut`/`variant` overrides applied."""
+    """The registered spec for `model_name` (or any 6n+2 CIFAR depth), with `shortcut`/`variant` overrides."""
     key = str(model_name).lower().replace("-", "").replace("_", "")
-    if key not in SPECS:
+    if key in SPECS:
+        spec = SPECS[key]
+    elif _cifar_depth(key):
+        spec = _cifar_spec(_cifar_depth(key), residual=key.startswith("resnet"))
+    else:
         raise ValueError(
             f"Unknown model {model_name!r}. Available: {', '.join(available())}. "
-            f"ImageNet depths: {sorted(_IMAGENET)}; CIFAR depths (6n+2): {list(_CIFAR_DEPTHS)}."
+            f"ImageNet depths: {sorted(_IMAGENET)}; CIFAR depths: any 6n+2 (n >= 1), the paper's "
+            f"{list(_CIFAR_DEPTHS)}."
         )
-    spec = SPECS[key]
     if shortcut is not None:
         if not spec.residual:
             raise ValueError(
