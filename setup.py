@@ -35,6 +35,7 @@ setup(
             "tensorflow-cpu~=2.21.0",
             *TRAINER,
             "jax[cpu]",
+            "kubernetes-validate",  # the Kubernetes manifest checked against the API schema, no cluster
             "pytest>=8",
             "pytest-timeout",
             "pytest-xdist",

@@ -339,6 +339,65 @@ def test_two_workers_train_with_multi_worker_mirrored_strategy(tmp_path):
     )
 
 
+def start_two_workers(tmp_path, *args, name="worker", hosts=None):
+    """Two `trainers.cifar10` workers (on free localhost ports unless `hosts`): (processes, log paths, hosts)."""
+    hosts = hosts or ",".join(f"localhost:{_free_port()}" for _ in range(2))
+    env = {k: v for k, v in ENV.items() if k != "TF_CONFIG"}
+    processes, logs = [], []
+    for index in range(2):
+        cmd = [sys.executable, "-m", "trainers.cifar10", *TINY, *args, "--worker-hosts", hosts]
+        logs.append(tmp_path / f"{name}{index}.log")
+        with open(logs[-1], "w") as log:
+            cmd += ["--task-index", str(index)]
+            processes.append(subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=log, stderr=log))
+    return processes, logs, hosts
+
+
+@pytest.mark.slow
+def test_a_killed_worker_stops_the_other_naming_it_and_a_rerun_resumes(tmp_path):
+    """SIGKILL to worker 1 mid-run: the chief stops within 60 s with one line naming worker 1 and its address
+    (status 75), its files intact; rerunning both workers resumes from the last checkpoint and finishes."""
+    model_dir = tmp_path / "run"
+    folder = make_image_folder(tmp_path / "images", per_class=40)  # 72 to train (9 steps of 8), 8 to validate
+    args = ["--data", f"folder:{folder}", "--validation-split", "8", "--image-size", "16", "--batch-size", "8"]
+    args += ["--steps", "36", "--checkpoint-steps", "2", "--model-dir", str(model_dir), "--no-export"]
+    processes, logs, hosts = start_two_workers(tmp_path, *args)
+    try:
+        deadline, saved = time.time() + 300, None
+        while saved is None and time.time() < deadline and all(p.poll() is None for p in processes):
+            time.sleep(0.05)
+            saved = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
+        assert saved, logs[0].read_text()[-3000:]
+        processes[1].send_signal(signal.SIGKILL)
+        killed_at = time.time()
+        code = processes[0].wait(timeout=120)
+        stopped_after = time.time() - killed_at
+    finally:
+        for p in processes:
+            p.kill()
+    chief_log = logs[0].read_text()
+    assert code == 75 and stopped_after < 60, (code, stopped_after, chief_log[-3000:])
+    lost = [line for line in chief_log.splitlines() if line.startswith("error: lost worker 1")]
+    assert len(lost) == 1 and f"({hosts.split(',')[1]})" in lost[0], chief_log[-3000:]
+    assert "Restart every worker with the same command" in lost[0] and "Traceback" not in chief_log
+    last = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
+    step = int(tf.train.load_variable(last, "step/.ATTRIBUTES/VARIABLE_VALUE"))
+    assert 2 <= step < 36 and last in lost[0]
+    config = (model_dir / "config.json").read_text()
+
+    processes, logs, _ = start_two_workers(tmp_path, *args, name="rerun", hosts=hosts)  # the same command
+    try:
+        codes = [p.wait(timeout=600) for p in processes]
+    finally:
+        for p in processes:
+            p.kill()
+    texts = [log.read_text() for log in logs]
+    assert codes == [0, 0], texts[0][-3000:] + texts[1][-3000:]
+    assert f"Resumed from step {step}" in texts[0] and "from scratch" not in texts[0]
+    assert (model_dir / "config.json").read_text() == config
+    assert json.loads((model_dir / "result.json").read_text())["step"] == 36
+
+
 def test_too_many_corrupt_images_stop_the_run_naming_them(tmp_path):
     for label in ("cat", "dog"):
         folder = tmp_path / "images" / label

@@ -14,8 +14,14 @@ from trainers import hardware as _hardware
 _hardware.configure_environment()
 
 # The public API, imported on first use so `python -m trainers.X --help` never starts TensorFlow:
-# trainers.train(config, task=None) -> result dict; trainers.Task to subclass; trainers.Interrupted.
-_PUBLIC = {"train": "trainers.loop", "Loop": "trainers.loop", "Interrupted": "trainers.loop", "Task": "trainers.tasks"}
+# trainers.train(config, task=None) -> result dict; trainers.Task to subclass; trainers.Interrupted, LostWorker.
+_PUBLIC = {
+    "train": "trainers.loop",
+    "Loop": "trainers.loop",
+    "Interrupted": "trainers.loop",
+    "LostWorker": "trainers.loop",
+    "Task": "trainers.tasks",
+}
 
 
 def __getattr__(name):

@@ -9,8 +9,10 @@ and the metrics once per loop, and logs, checkpoints and honours SIGTERM/SIGINT 
 import contextlib
 import dataclasses
 import os
+import re
 import shutil
 import signal
+import sys
 import time
 
 import keras
@@ -41,6 +43,26 @@ class Interrupted(Exception):
             f"{signal_name}: interrupted at step {step}; checkpoint {checkpoint}. "
             "Rerun the same command to resume from there."
         )
+
+
+class LostWorker(RuntimeError):
+    """Another worker of a multi-worker run is gone (killed, crashed, its machine lost): this one stops too,
+    naming it. Exit status 75 (EX_TEMPFAIL): rerunning every worker resumes from the last checkpoint."""
+
+    exit_code = 75
+
+
+# What TensorFlow raises in the survivors when a peer stops answering: its coordination service's heartbeat
+# timeout or an aborted collective, naming the task ("/job:worker/replica:0/task:1") where it knows it.
+_PEER_ERRORS = (
+    tf.errors.UnavailableError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.AbortedError,
+    tf.errors.CancelledError,
+    tf.errors.InternalError,
+    tf.errors.UnknownError,
+)
+_TASK = re.compile(r"/job:(\w+)/replica:\d+/task:(\d+)")
 
 
 def resolve_precision(name, device=None):
@@ -271,6 +293,37 @@ class Loop:
             shutil.rmtree(self.manager.directory, ignore_errors=True)
         return {"step": int(self.step.numpy()), "validation": final, "model_dir": self.model_dir, **history}
 
+    def lost_worker(self, error):
+        """A LostWorker naming the peer `error` (raised by a collective or the coordination service) says is
+        gone; None when this is no multi-worker run or the error names no other task."""
+        if not self.multi_worker:
+            return None
+        task_type, task_id, cluster = _cluster(self.strategy)
+        message = error.message or ""
+        peers = {(job, int(i)) for job, i in _TASK.findall(message)}
+        if "coordination service" in message and "leader" in message:  # the leader is task 0: chief, else worker
+            peers.add(("chief", 0) if "chief" in cluster else ("worker", 0))
+        peers = sorted(peers - {(task_type, task_id)})
+        if not peers and not isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)):
+            return None
+        names = [f"{job} {i}" + (f" ({cluster[job][i]})" if i < len(cluster.get(job, ())) else "") for job, i in peers]
+        try:
+            step = f"at step {int(self.step.numpy())}"
+        except (tf.errors.OpError, ValueError):
+            step = "mid-step"
+        saved = self.run_dir.latest_checkpoint()
+        resume = f"its last checkpoint, {saved}" if saved else "the start: no checkpoint was saved yet"
+        lines = [line.strip() for line in message.splitlines() if line.strip()]
+        # "Collective ops is aborted by: recvmsg:Connection reset by peer" or a heartbeat timeout says what
+        # happened; "Graph execution error:" and the op's Python traceback before it say nothing.
+        said = next((line for line in lines if re.search(r"abort|heartbeat|unavailable|timed? ?out", line, re.I)), "")
+        log.debug("the error that stopped this worker: %s", message)
+        return LostWorker(
+            f"lost {' and '.join(names) or 'another worker'} of the cluster: {task_type} {task_id} stopped {step}. "
+            f"Restart every worker with the same command; the run resumes from {resume}. "
+            f"(TensorFlow: {said[:300] or type(error).__name__})"
+        )
+
     def export(self):
         """Export the last checkpoint, the same path as `python -m trainers.export --model-dir`."""
         path = self.task.export(self.run_dir, self.config.export_dir, self.config.export_name)
@@ -490,7 +543,13 @@ def train(config, task=None, recipe_name="train", export=None):
     writes the task's SavedModel from the chief.
     """
     loop = Loop(config, task, recipe_name)
-    result = loop.fit()
+    try:
+        result = loop.fit()
+    except _PEER_ERRORS as error:
+        lost = loop.lost_worker(error)
+        if lost is None:
+            raise
+        raise lost from None
     result["timings"] = loop.timings
     result["chief"] = loop.chief
     if loop.chief and (config.export if export is None else export):
@@ -507,6 +566,9 @@ def run(config, recipe_name):
     except Interrupted as stop:
         print(f"\nInterrupted ({stop.signal_name}) at step {stop.step}: rerun the same command to resume.")
         return stop.exit_code
+    except LostWorker as lost:
+        print(f"error: {lost}", file=sys.stderr, flush=True)
+        return lost.exit_code
     model_dir = result["model_dir"]
     if not result["chief"]:
         return 0
