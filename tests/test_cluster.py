@@ -233,5 +233,6 @@ def test_kubernetes_manifest_is_an_indexed_job_behind_a_headless_service():
 def test_kubernetes_manifest_matches_the_api_schema():
     """A schema check without a cluster (kubectl's --dry-run=client still asks a server for its API)."""
     import kubernetes_validate as validate  # a dev dependency: a missing one fails, never skips
+
     for document in yaml.safe_load_all(MANIFEST.read_text()):
         validate.validate(document, "1.30.0", strict=True)

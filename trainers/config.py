@@ -57,6 +57,7 @@ class Config:
     worker_hosts: str | None = None
     task_index: int | None = None
     tpu: str | None = None
+    data_service: str | None = None
     precision: str = "auto"
     loss_scale: float | None = None
     xla: bool = False
@@ -127,6 +128,8 @@ HELP = {
     "the first is the chief). gRPC between workers is unauthenticated: a private network only",
     "task_index": "this process's position in --worker-hosts, 0 (the chief) to N-1",
     "tpu": "TPUStrategy on a TPU: local (a TPU VM's own chips) or a Cloud TPU's name or grpc://IP:8470",
+    "data_service": "decode and augment the training data on tf.data service workers (python -m "
+    "trainers.data_service): the dispatcher's grpc://HOST:PORT",
     "precision": "auto: bf16 where computed natively, fp16 on GPUs without bf16, else fp32",
     "loss_scale": "fp16: initial dynamic loss scale; halved on each overflow",
     "xla": "compile the per-replica step with XLA",
@@ -164,6 +167,7 @@ UNSET = {
     "worker_hosts": "none: TF_CONFIG if set, else this machine",
     "task_index": "none",
     "tpu": "none",
+    "data_service": "none: decode in this process",
     "loss_scale": "Keras's 32768",
     "steps_per_loop": "by device: CPU 10, GPU 100, TPU 500",
     "model_dir": "runs/<recipe>-<model>-<data>-<hash of the settings>",
@@ -511,6 +515,7 @@ def _metavar(field):
         "num_examples": "SPLIT=N,...",
         "worker_hosts": "HOST:PORT,...",
         "tpu": "NAME|local",
+        "data_service": "grpc://HOST:PORT",
         "cluster_port": "PORT",
         "task_index": "I",
     }
@@ -686,6 +691,7 @@ def validate(config):
         raise ConfigError("say how long to train: --epochs N or --steps N", "epochs")
     _validate_boundaries(config)
     _validate_devices(config)
+    _validate_data_service(config)
     _validate_cluster(config)
     _validate_data(config)
     if config.profile_steps:
@@ -747,6 +753,17 @@ def worker_host_list(text):
             f"--worker-hosts {text}: {', '.join(repeated)} given twice: one address per worker", "worker_hosts"
         )
     return hosts
+
+
+def _validate_data_service(config):
+    if config.data_service is None:
+        return
+    from trainers.data_service import DataServiceError, parse_address
+
+    try:
+        parse_address(config.data_service)
+    except DataServiceError as error:
+        raise ConfigError(str(error), "data_service") from None
 
 
 def _validate_cluster(config):
@@ -872,6 +889,7 @@ RUNTIME_FIELDS = frozenset(
         "worker_hosts",
         "task_index",
         "tpu",
+        "data_service",
         "xla",
         "model_dir",
         "checkpoint_steps",

@@ -108,6 +108,7 @@ class Source:
         input_context=None,
         shuffle=None,
         count_bad=True,
+        service=None,
     ):
         """One epoch of (images float32 [n, s, s, 3] in 0..255 RGB, labels int32 [n]), n <= b.
 
@@ -127,6 +128,8 @@ class Source:
         shuffle: None shuffles when training; True/False forces it (a shuffled, unaugmented pass gives an
         unbiased sample of a split). count_bad=False keeps this dataset's bad and good images out of
         source.bad_images, for a statistics pass over images the training epochs count anyway.
+
+        service: a trainers.data_service.Service: decode and augment on its workers (see pipeline.build).
         """
         self._check_split(split)
         if augment not in AUGMENTATIONS:
@@ -166,6 +169,7 @@ class Source:
             num_classes=self.num_classes,
             label_hint=self.label_hint,
             batches_per_step=replicas // pipelines,
+            service=service,
         )
         if input_context is not None:
             # Already sharded here; tf.distribute must not shard a second time.

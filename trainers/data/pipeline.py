@@ -5,6 +5,7 @@ seeding augmentation, batching and prefetching happen here, the same way for all
 """
 
 import dataclasses
+import logging
 import zlib
 from collections.abc import Callable
 
@@ -62,6 +63,7 @@ def build(
     num_classes,
     label_hint,
     batches_per_step=1,
+    service=None,
 ):
     """Batches of (float32 [<=b, s, s, 3] in 0..255, int32 [<=b]) from `stream`.
 
@@ -73,6 +75,9 @@ def build(
 
     Bad images are caught twice: the cheap byte checks route them around the decoder (and name them);
     anything that still fails is dropped by ignore_errors and noticed as a position missing from its window.
+
+    service (trainers.data_service.Service): decode and augment on tf.data service workers instead, see
+    `_served`; what this process does there is the bookkeeping and cutting whole batches.
     """
     size = image_size
 
@@ -162,6 +167,12 @@ def build(
         nonempty = tf.size(labels) > 0
         return nonempty & tf.equal(window, batch_size) if training else nonempty
 
+    if service is not None:
+        ds = _served(stream, service, load, bad_images, batch_size, skip, training, select)
+        if training and batches_per_step > 1:
+            ds = ds.window(batches_per_step, drop_remainder=True).flat_map(tf.data.Dataset.zip)
+        return ds.prefetch(AUTOTUNE)
+
     ds = stream.elements.enumerate()
     if skip:
         ds = ds.skip(skip)
@@ -189,3 +200,57 @@ def build(
     if training and batches_per_step > 1:
         ds = ds.window(batches_per_step, drop_remainder=True).flat_map(tf.data.Dataset.zip)
     return ds.prefetch(AUTOTUNE)
+
+
+def _served(stream, service, load, bad_images, batch_size, skip, training, select):
+    """Batches decoded and augmented by tf.data service workers (dynamic sharding: each element of the epoch
+    goes to exactly one of them), cut here into whole batches of `batch_size`.
+
+    The workers cannot run this process's Python (the bad-image bookkeeping), so they send each image's
+    name and whether it passed the cheap checks; this side counts and names those, and counts images the
+    decoder dropped as the epoch's elements that never arrived. Batches are not the windows of the local
+    pipeline (workers race), and a resumed epoch starts over (see below).
+    """
+    if skip:
+        # Each worker would skip `skip` of its own share (the pipeline runs per worker, on its splits); the
+        # elements already read cannot be left out without listing the rest here, which for TFRecords
+        # means reading them. A resume is rare: read the epoch again, for the steps it has left.
+        logging.getLogger("trainers.data").warning(
+            "--data-service: the resumed epoch cannot skip the %d examples it already read; it reads the epoch "
+            "from its start for the steps it has left.",
+            skip,
+        )
+        skip = 0
+    remote = stream.elements
+    unknown = tf.constant(-1, tf.int64)  # positions mean nothing across workers; names come from the source
+    remote = remote.map(lambda raw: load(unknown, raw), num_parallel_calls=AUTOTUNE).ignore_errors()
+    ds = service.distribute(remote.batch(batch_size))
+    expected = int(stream.elements.cardinality())
+    expected = expected if expected >= 0 else None
+    arrived = {"n": 0}
+
+    def note(names, ok, size):
+        ok = ok.numpy()
+        if not ok.all():
+            bad_images.record([n.decode("utf-8", "replace") for n in names.numpy()[~ok]], int((~ok).sum()))
+        arrived["n"] += int(size)
+        return bad_images.note_good(int(ok.sum()))
+
+    def account(batch):
+        ok = batch["ok"]
+        counted = tf.py_function(note, [batch["name"], ok, tf.size(ok)], Tout=tf.int32)
+        with tf.control_dependencies([counted]):
+            images, labels, _ = select(tf.size(ok), tf.identity(ok), batch["image"], batch["label"])
+        return images, labels
+
+    def finish(_):
+        lost, arrived["n"] = (expected - arrived["n"] if expected is not None else 0), 0
+        if lost > 0:
+            bad_images.record([], lost)
+        return 0
+
+    ds = ds.map(account).unbatch().batch(batch_size, drop_remainder=training)
+    size = int(ds.element_spec[0].shape[1])
+    end = tf.data.Dataset.from_tensors(0).map(lambda x: tf.py_function(finish, [x], Tout=tf.int32))
+    nothing = (tf.zeros([0, size, size, 3], tf.float32), tf.zeros([0], tf.int32))
+    return ds.concatenate(end.filter(lambda _: False).map(lambda _: nothing))

@@ -1,6 +1,7 @@
 """Image classification: the paper's task, and the first one the loop runs."""
 
 import dataclasses
+import itertools
 import math
 
 import keras
@@ -8,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 import keras_resnet
-from trainers import data, preprocessing
+from trainers import data, data_service, preprocessing
 from trainers.tasks.base import Task
 
 IMAGENET_MEAN = preprocessing.IMAGENET_MEAN
@@ -104,6 +105,10 @@ class ClassificationTask(Task):
         # One worker stopping early on bad images would leave the others waiting in a collective.
         self.source.bad_images.early_stop = not replicas_in_multi_worker
         self.num_classes = config.num_classes or self.source.num_classes
+        if config.data_service:
+            data_service.check_reachable(config.data_service)
+            self.run_token = data_service.new_run_token()
+            self.jobs = itertools.count()  # every dataset its own job: a peek at a batch takes no epoch's examples
 
     def examples(self, split):
         return self.source.num_examples(split)
@@ -131,10 +136,16 @@ class ClassificationTask(Task):
         names = self.source.class_names[: self.num_classes]
         shown = ", ".join(names[:10]) + (f", ... ({len(names)} in all)" if len(names) > 10 else "")
         validation = self.source.num_examples("validation")
-        return [
+        lines = [
             f"{self.num_classes} classes: {shown}",
             f"{self.examples('train')} training, {validation} validation images",
         ]
+        if self.config.data_service:
+            lines.append(
+                f"training images decoded and augmented by the tf.data service at {self.config.data_service} "
+                "(each epoch one job, every example once); evaluation decodes here"
+            )
+        return lines
 
     def build_model(self, num_classes=None):
         return build_model(self.config, num_classes or self.num_classes)
@@ -178,6 +189,12 @@ class ClassificationTask(Task):
         image_size, augment = config.image_size, config.augment
         if split == "validation" and config.ten_crop:
             image_size, augment = data.eval_short_side(config.image_size), "center_square"
+        service = None
+        if config.data_service and split == "train":  # evaluation stays here: exact, in order, small
+            pipeline_id = input_context.input_pipeline_id if input_context else 0
+            service = data_service.service_for(
+                config.data_service, f"{self.run_token}-{next(self.jobs)}", split, epoch, skip_batches, pipeline_id
+            )
         return self.source.dataset(
             split,
             global_batch_size=config.batch_size,
@@ -188,6 +205,7 @@ class ClassificationTask(Task):
             epoch=epoch,
             skip_batches=skip_batches,
             input_context=input_context,
+            service=service,
         )
 
     def check_pass(self, split, elements, examples):

@@ -1,0 +1,123 @@
+"""--data-service: decoding on tf.data service workers, each example of an epoch once; clear errors."""
+
+import hashlib
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainers import data_service
+from trainers.data import open_source
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("grpc://localhost:5050", ("localhost", 5050)), ("10.0.0.2:6000", ("10.0.0.2", 6000))],
+)
+def test_addresses(text, expected):
+    assert data_service.parse_address(text) == expected
+
+
+@pytest.mark.parametrize("text", ["localhost", "http://h:1", "grpc://h:port", "grpc://:5050", "grpc://h:1/x"])
+def test_malformed_addresses_say_the_form(text):
+    with pytest.raises(data_service.DataServiceError, match="expected grpc://HOST:PORT"):
+        data_service.parse_address(text)
+
+
+def test_no_dispatcher_says_how_to_start_one():
+    port = _free_port()  # nothing listens there
+    with pytest.raises(data_service.DataServiceError) as error:
+        data_service.check_reachable(f"grpc://localhost:{port}", seconds=2)
+    assert f"no tf.data service dispatcher answers at localhost:{port}" in str(error.value)
+    assert f"python -m trainers.data_service dispatcher --port {port}" in str(error.value)
+
+
+def _digests(dataset):
+    return sorted(hashlib.sha1(np.asarray(image).tobytes()).hexdigest() for images, _ in dataset for image in images)
+
+
+def test_two_workers_see_each_example_of_an_epoch_once(caplog, restore_logging):
+    """In-process dispatcher and two workers: the served epoch holds exactly the local epoch's images."""
+    service = tf.data.experimental.service
+    dispatcher = service.DispatchServer(service.DispatcherConfig(port=0))
+    address = dispatcher.target.split("://")[1]
+    workers = [service.WorkerServer(service.WorkerConfig(dispatcher_address=address)) for _ in range(2)]
+    source = open_source("synthetic")  # 1024 training images
+    kwargs = dict(global_batch_size=32, image_size=8, augment="none", training=True)
+    local = _digests(source.dataset("train", **kwargs))
+    served = data_service.service_for(dispatcher.target, "test", "train", 0, 0, 0)
+    batches = list(source.dataset("train", service=served, **kwargs))
+    assert all(images.shape[0] == 32 for images, _ in batches)  # whole batches, whichever worker made them
+    assert _digests(batches) == local and len(local) == 1024
+    # A resumed epoch cannot skip what it read (each worker would skip that much of its own share): it
+    # starts over, saying so, and still sends each example once.
+    resumed = data_service.service_for(dispatcher.target, "test", "train", 0, 10, 0)
+    with caplog.at_level(logging.WARNING, logger="trainers.data"):
+        again = _digests(source.dataset("train", service=resumed, skip_batches=10, **kwargs))
+    assert again == local and "cannot skip the 320 examples it already read" in caplog.text
+    del workers
+
+
+def _start(*args):
+    return subprocess.Popen(
+        [sys.executable, "-m", "trainers.data_service", *args],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _wait_listening(port, seconds=120):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("localhost", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"nothing listens on {port} after {seconds} s")
+
+
+@pytest.mark.slow
+def test_a_dispatcher_and_two_workers_feed_a_training_run(tmp_path):
+    """The command-line servers on localhost feed `trainers.cifar10 --data-service`: 2 epochs of 1024
+    synthetic images; a run started after the dispatcher stopped is refused with what to do."""
+    port = _free_port()
+    dispatcher = _start("dispatcher", "--port", str(port))
+    workers = []
+    try:
+        _wait_listening(port)
+        workers = [_start("worker", "--dispatcher", f"localhost:{port}", "--host", "localhost") for _ in range(2)]
+        args = ["--data", "synthetic", "--model", "resnet8", "--image-size", "8", "--batch-size", "64"]
+        args += ["--epochs", "2", "--no-progress", "--no-export", "--data-service", f"grpc://localhost:{port}"]
+        cmd = [sys.executable, "-m", "trainers.cifar10", *args, "--model-dir", str(tmp_path / "run")]
+        run = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert "epoch 2 step 32:" in run.stderr  # 1024 / 64 = 16 whole batches an epoch, twice
+        assert f"decoded and augmented by the tf.data service at grpc://localhost:{port}" in run.stderr
+    finally:
+        for process in [dispatcher, *workers]:
+            process.terminate()
+        for process in [dispatcher, *workers]:
+            process.wait(timeout=60)
+    assert "tf.data service dispatcher on" in dispatcher.stdout.read()
+    cmd[-1] = str(tmp_path / "after")
+    refused = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert refused.returncode == 2
+    assert f"error: --data-service grpc://localhost:{port}: no tf.data service dispatcher answers" in refused.stderr
+    assert "Traceback" not in refused.stderr and not (tmp_path / "after").exists()
