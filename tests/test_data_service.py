@@ -96,28 +96,69 @@ def _wait_listening(port, seconds=120):
 @pytest.mark.slow
 def test_a_dispatcher_and_two_workers_feed_a_training_run(tmp_path):
     """The command-line servers on localhost feed `trainers.cifar10 --data-service`: 2 epochs of 1024
-    synthetic images; a run started after the dispatcher stopped is refused with what to do."""
+    synthetic images. A dispatcher that stops mid-run ends the run with a clear error and a checkpoint at
+    the step it reached; a run started with no dispatcher is refused with what to do."""
     port = _free_port()
     dispatcher = _start("dispatcher", "--port", str(port))
     workers = []
+    args = ["--data", "synthetic", "--model", "resnet8", "--image-size", "8", "--batch-size", "64", "--no-progress"]
+    args += ["--no-export", "--data-service", f"grpc://localhost:{port}", "--log-steps", "4"]
+    command = [sys.executable, "-m", "trainers.cifar10", *args]
     try:
         _wait_listening(port)
         workers = [_start("worker", "--dispatcher", f"localhost:{port}", "--host", "localhost") for _ in range(2)]
-        args = ["--data", "synthetic", "--model", "resnet8", "--image-size", "8", "--batch-size", "64"]
-        args += ["--epochs", "2", "--no-progress", "--no-export", "--data-service", f"grpc://localhost:{port}"]
-        cmd = [sys.executable, "-m", "trainers.cifar10", *args, "--model-dir", str(tmp_path / "run")]
-        run = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        run = subprocess.run(
+            [*command, "--epochs", "2", "--model-dir", str(tmp_path / "run")],
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=tmp_path,
+        )
         assert run.returncode == 0, run.stderr[-3000:]
         assert "epoch 2 step 32:" in run.stderr  # 1024 / 64 = 16 whole batches an epoch, twice
         assert f"decoded and augmented by the tf.data service at grpc://localhost:{port}" in run.stderr
+
+        log = tmp_path / "long.log"
+        with open(log, "w") as out:
+            long = subprocess.Popen(
+                [*command, "--epochs", "500", "--model-dir", str(tmp_path / "long")],
+                env=ENV,
+                stdout=out,
+                stderr=out,
+                cwd=tmp_path,
+            )
+        deadline = time.time() + 300
+        while "Epoch 3/" not in log.read_text() and long.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+        dispatcher.terminate()
+        dispatcher.wait(timeout=60)
+        stopped = time.time()
+        code = long.wait(timeout=300)
+        waited = time.time() - stopped
     finally:
         for process in [dispatcher, *workers]:
             process.terminate()
         for process in [dispatcher, *workers]:
             process.wait(timeout=60)
+    text = log.read_text()
+    assert code == 75 and waited < 90, (code, waited, text[-3000:])
+    line = next(line for line in text.splitlines() if line.startswith("error: --data-service"))
+    assert "the tf.data service dispatcher stopped answering" in line and "Traceback" not in text
+    step = int(line.split(" at step ")[1].split(".")[0])
+    saved = tf.train.latest_checkpoint(str(tmp_path / "long" / "checkpoints"))
+    assert step >= 32 and saved.endswith(f"ckpt-{step}") and saved in line
+    assert int(tf.train.load_variable(saved, "step/.ATTRIBUTES/VARIABLE_VALUE")) == step
+
     assert "tf.data service dispatcher on" in dispatcher.stdout.read()
-    cmd[-1] = str(tmp_path / "after")
-    refused = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    refused = subprocess.run(
+        [*command, "--epochs", "1", "--model-dir", str(tmp_path / "after")],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert refused.returncode == 2
     assert f"error: --data-service grpc://localhost:{port}: no tf.data service dispatcher answers" in refused.stderr
     assert "Traceback" not in refused.stderr and not (tmp_path / "after").exists()

@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import sys
+import threading
 import time
 
 import keras
@@ -20,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainers import config as config_lib
-from trainers import hardware, replicas, schedules
+from trainers import data_service, hardware, replicas, schedules
 from trainers import strategy as strategy_lib
 from trainers.logs import Board, Progress, log
 from trainers.run_dir import RunDir, default_model_dir
@@ -31,6 +32,10 @@ POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"
 # steps on an accelerator, few enough that the CPU's progress bar still moves.
 DEFAULT_STEPS_PER_LOOP = {"CPU": 10, "GPU": 100, "TPU": 500}
 EXIT_CODES = {"SIGTERM": 143, "SIGINT": 130}
+# --data-service: how often the loop checks that the dispatcher answers, and how long it waits for it to come
+# back before giving up (TensorFlow's client would wait for it far longer, the run stuck meanwhile).
+SERVICE_CHECK_SECONDS = 5.0
+SERVICE_DOWN_SECONDS = 30.0
 
 
 class Interrupted(Exception):
@@ -279,7 +284,7 @@ class Loop:
                 self.board.hparams(config)
         self._log_start()
         history = {}
-        with self._signals():
+        with self._signals(), self._watching_the_data_service():
             if self._pending_evaluation():  # a crash after the epoch's last step, before its evaluation
                 history = self._end_epoch((int(self.batches.numpy()) - 1) // self.steps_per_epoch, 0.0, 0)
             while int(self.step.numpy()) < self.total_steps:
@@ -524,6 +529,53 @@ class Loop:
         finally:
             for sig, old in previous.items():
                 signal.signal(sig, old)
+
+    @contextlib.contextmanager
+    def _watching_the_data_service(self):
+        """With --data-service, a thread that ends the run with a clear error (status 75) when the dispatcher
+        stops answering: the steps block inside TensorFlow, which retries for a long time without a word."""
+        address = self.config.data_service
+        if not address:
+            yield
+            return
+        stop = threading.Event()
+
+        def watch():
+            down_since = None
+            while not stop.wait(SERVICE_CHECK_SECONDS):
+                try:
+                    data_service.check_reachable(address, seconds=SERVICE_CHECK_SECONDS)
+                    down_since = None
+                except data_service.DataServiceError:
+                    down_since = down_since or time.monotonic()
+                    if time.monotonic() - down_since >= SERVICE_DOWN_SECONDS and not stop.is_set():
+                        self._abandon_for_the_data_service(address)
+
+        thread = threading.Thread(target=watch, name="data-service-watch", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+
+    def _abandon_for_the_data_service(self, address):
+        """Saves what it can, says what happened and how to go on, and ends the process (the loop is stuck)."""
+        step = int(self.step.numpy())
+        saved = None
+        if self.chief and not self.multi_worker:  # a cluster's save is collective, and the others are stuck too
+            try:
+                saved = self.manager.save(checkpoint_number=step)  # the variables hold the last whole step
+            except Exception:  # noqa: BLE001 - the exit below must happen whatever the save did
+                saved = None
+        saved = saved or self.run_dir.latest_checkpoint()
+        print(
+            f"error: --data-service {address}: the tf.data service dispatcher stopped answering (nothing for "
+            f"{SERVICE_DOWN_SECONDS:.0f} s) at step {step}. Restart it and its workers, then rerun the same "
+            f"command: the run resumes from {saved or 'the start (no checkpoint was saved yet)'}.",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(LostWorker.exit_code)
 
     def _honour_signal(self, step):
         if not self._agree(self._signal is not None):
