@@ -25,7 +25,7 @@ format: venv
 	$(BIN)/ruff check --fix .
 
 test: lint
-	$(BIN)/python -m pytest -n $(WORKERS)
+	$(BIN)/python -m pytest -n $(WORKERS) --dist worksteal
 
 test-fast: venv
 	$(BIN)/python -m pytest -n $(WORKERS) -m "not slow"

@@ -194,8 +194,6 @@ def test_saved_model_cli(resnet20_export, tmp_path):
     run_args = ["run", "--dir", path, "--tag_set", "serve", "--signature_def", "serving_default"]
     ran = saved_model_cli(*run_args, "--inputs", f"images={zeros}")
     assert "Result for output key probabilities" in ran and "top_5_names" in ran
-    ran = saved_model_cli(*run_args, "--input_exprs", "images=[[[[0.0, 0.0, 0.0]]]]")
-    assert "Result for output key probabilities" in ran
 
 
 @pytest.mark.parametrize("resize", ["stretch", "central_crop"])

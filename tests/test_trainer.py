@@ -37,6 +37,7 @@ def checkpoint_values(model_dir):
     return {name: tf.train.load_variable(path, name) for name in names}
 
 
+@pytest.mark.slow
 def test_two_cpu_replicas_match_one_replica(tmp_path):
     """Same global batch and seed: with sync BN two replicas compute one device's steps (to float noise), so the
     weights after 8 updates agree (a loss averaged per replica or an undivided weight decay would not);
@@ -107,6 +108,7 @@ def make_image_folder(root, per_class=40):
     return root
 
 
+@pytest.mark.slow
 def test_a_run_killed_at_a_random_step_resumes_to_the_same_weights(tmp_path):
     """SIGKILL after a random number of checkpoints; the rerun ends where an uninterrupted run ends:
     the same weights, optimizer state and metrics (one device, same data, with a bad image in it)."""
@@ -151,6 +153,7 @@ def test_a_run_killed_at_a_random_step_resumes_to_the_same_weights(tmp_path):
     assert max(steps) == 24 and saved_step + 1 in steps
 
 
+@pytest.mark.slow
 def test_export_after_bf16_training_matches_keras(tmp_path):
     import keras
 
@@ -209,6 +212,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_tensorboard_serves_the_run_scalars(tmp_path):
     model_dir = tmp_path / "run"
     args = ["--steps", "4", "--model-dir", str(model_dir), "--no-export", "--ten-crop", "--profile-steps", "2,3"]
@@ -421,6 +425,7 @@ def test_missing_data_folder_shows_the_expected_layout(tmp_path):
     assert "error:" in result.stderr and "<class" in result.stderr
 
 
+@pytest.mark.slow
 def test_fp16_loss_scaling_with_xla_on_two_replicas(tmp_path):
     """An initial loss scale that overflows: the first steps are skipped on both replicas, the scale
     halves until the gradients are finite, then exactly --steps updates are applied."""
@@ -464,6 +469,7 @@ def test_bad_images_stop_every_worker_not_just_the_one_that_read_them(tmp_path):
         assert "error:" in text and "2 of 112 training images (1.8%) could not be decoded" in text, text[-3000:]
 
 
+@pytest.mark.slow
 def test_sigterm_and_ctrl_c_save_the_step_and_the_rerun_resumes_there(tmp_path):
     """Two CPU replicas: SIGTERM (a scheduler's preemption) and then Ctrl-C each save a checkpoint at the
     last completed step and exit with a line saying so; the third run resumes there and finishes."""

@@ -58,6 +58,7 @@ class Config:
     task_index: int | None = None
     tpu: str | None = None
     data_service: str | None = None
+    data_service_timeout: float = 30.0
     precision: str = "auto"
     loss_scale: float | None = None
     xla: bool = False
@@ -130,6 +131,8 @@ HELP = {
     "tpu": "TPUStrategy on a TPU: local (a TPU VM's own chips) or a Cloud TPU's name or grpc://IP:8470",
     "data_service": "decode and augment the training data on tf.data service workers (python -m "
     "trainers.data_service): the dispatcher's grpc://HOST:PORT",
+    "data_service_timeout": "seconds the run waits for a --data-service dispatcher that stopped answering before "
+    "it saves and stops",
     "precision": "auto: bf16 where computed natively, fp16 on GPUs without bf16, else fp32",
     "loss_scale": "fp16: initial dynamic loss scale; halved on each overflow",
     "xla": "compile the per-replica step with XLA",
@@ -635,7 +638,7 @@ AT_LEAST = {
     "warmup_epochs": 0,
     "weight_decay": 0,
 }
-ABOVE_ZERO = ("epochs", "lr", "warmup_lr", "loss_scale")
+ABOVE_ZERO = ("epochs", "lr", "warmup_lr", "loss_scale", "data_service_timeout")
 FRACTIONS = ("momentum", "label_smoothing")  # in [0, 1)
 EXAMPLES = {
     "batch_size": "e.g. --batch-size 128",
@@ -890,6 +893,7 @@ RUNTIME_FIELDS = frozenset(
         "task_index",
         "tpu",
         "data_service",
+        "data_service_timeout",
         "xla",
         "model_dir",
         "checkpoint_steps",

@@ -32,10 +32,9 @@ POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"
 # steps on an accelerator, few enough that the CPU's progress bar still moves.
 DEFAULT_STEPS_PER_LOOP = {"CPU": 10, "GPU": 100, "TPU": 500}
 EXIT_CODES = {"SIGTERM": 143, "SIGINT": 130}
-# --data-service: how often the loop checks that the dispatcher answers, and how long it waits for it to come
-# back before giving up (TensorFlow's client would wait for it far longer, the run stuck meanwhile).
-SERVICE_CHECK_SECONDS = 5.0
-SERVICE_DOWN_SECONDS = 30.0
+# --data-service: how often the loop checks that the dispatcher answers (--data-service-timeout: how long it
+# waits for it to come back; TensorFlow's client would wait far longer, the run stuck meanwhile).
+SERVICE_CHECK_SECONDS = 2.0
 
 
 class Interrupted(Exception):
@@ -548,7 +547,7 @@ class Loop:
                     down_since = None
                 except data_service.DataServiceError:
                     down_since = down_since or time.monotonic()
-                    if time.monotonic() - down_since >= SERVICE_DOWN_SECONDS and not stop.is_set():
+                    if time.monotonic() - down_since >= self.config.data_service_timeout and not stop.is_set():
                         self._abandon_for_the_data_service(address)
 
         thread = threading.Thread(target=watch, name="data-service-watch", daemon=True)
@@ -570,7 +569,7 @@ class Loop:
         saved = saved or self.run_dir.latest_checkpoint()
         print(
             f"error: --data-service {address}: the tf.data service dispatcher stopped answering (nothing for "
-            f"{SERVICE_DOWN_SECONDS:.0f} s) at step {step}. Restart it and its workers, then rerun the same "
+            f"{self.config.data_service_timeout:g} s) at step {step}. Restart it and its workers, then rerun the same "
             f"command: the run resumes from {saved or 'the start (no checkpoint was saved yet)'}.",
             file=sys.stderr,
             flush=True,
