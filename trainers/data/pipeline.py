@@ -169,34 +169,24 @@ def build(
 
     if service is not None:
         ds = _served(stream, service, load, bad_images, batch_size, skip, training, select)
-        if training and batches_per_step > 1:
-            ds = ds.window(batches_per_step, drop_remainder=True).flat_map(tf.data.Dataset.zip)
-        return ds.prefetch(AUTOTUNE)
-
-    ds = stream.elements.enumerate()
-    if skip:
-        ds = ds.skip(skip)
-    ds = ds.window(batch_size).interleave(
-        decode_window,
-        cycle_length=WINDOWS_IN_FLIGHT,
-        block_length=1,
-        num_parallel_calls=AUTOTUNE,
-        deterministic=True,
-    )
-    # Every window is counted, the last partial one too even when training drops it, so the bad fraction
-    # stays exact; windows are dropped only after.
-    ds = ds.map(account).map(select, num_parallel_calls=AUTOTUNE, deterministic=True)
-    ds = ds.filter(wanted).map(lambda images, labels, window: (images, labels))
-    if stream.check_length is not None:
-        # After the last window: too few elements for the count. Yields nothing, so batches are unchanged.
-        def check_end(x):
-            return tf.py_function(finish, [x], Tout=tf.int32)
-
-        def nothing(_):
-            return tf.zeros([0, size, size, 3], tf.float32), tf.zeros([0], tf.int32)
-
-        end = tf.data.Dataset.from_tensors(0).map(check_end).filter(lambda _: False).map(nothing)
-        ds = ds.concatenate(end)
+    else:
+        ds = stream.elements.enumerate()
+        if skip:
+            ds = ds.skip(skip)
+        ds = ds.window(batch_size).interleave(
+            decode_window,
+            cycle_length=WINDOWS_IN_FLIGHT,
+            block_length=1,
+            num_parallel_calls=AUTOTUNE,
+            deterministic=True,
+        )
+        # Every window is counted, the last partial one too even when training drops it, so the bad fraction
+        # stays exact; windows are dropped only after.
+        ds = ds.map(account).map(select, num_parallel_calls=AUTOTUNE, deterministic=True)
+        ds = ds.filter(wanted).map(lambda images, labels, window: (images, labels))
+        if stream.check_length is not None:
+            # After the last window: too few elements for the count. Yields nothing: batches are unchanged.
+            ds = _then(ds, finish, size)
     if training and batches_per_step > 1:
         ds = ds.window(batches_per_step, drop_remainder=True).flat_map(tf.data.Dataset.zip)
     return ds.prefetch(AUTOTUNE)
@@ -250,7 +240,11 @@ def _served(stream, service, load, bad_images, batch_size, skip, training, selec
         return 0
 
     ds = ds.map(account).unbatch().batch(batch_size, drop_remainder=training)
-    size = int(ds.element_spec[0].shape[1])
+    return _then(ds, finish, int(ds.element_spec[0].shape[1]))
+
+
+def _then(ds, finish, size):
+    """`ds`, then finish(0) called once (a tf.py_function) after its last element; adds no element."""
     end = tf.data.Dataset.from_tensors(0).map(lambda x: tf.py_function(finish, [x], Tout=tf.int32))
     nothing = (tf.zeros([0, size, size, 3], tf.float32), tf.zeros([0], tf.int32))
     return ds.concatenate(end.filter(lambda _: False).map(lambda _: nothing))
