@@ -14,14 +14,18 @@ dispatcher and workers is unauthenticated and unencrypted: private networks only
 """
 
 import argparse
+import contextlib
 import dataclasses
 import socket
 import sys
+import threading
+import time
 import uuid
 from urllib.parse import urlparse
 
 DEFAULT_PORT = 5050
 CONNECT_SECONDS = 5.0
+WATCH_SECONDS = 2.0  # how often a run checks that its dispatcher still answers
 
 
 class DataServiceError(ValueError):
@@ -58,6 +62,36 @@ def check_reachable(text, seconds=CONNECT_SECONDS):
         f"`python -m trainers.data_service worker --dispatcher {host}:{port}`, or drop --data-service to "
         "decode in the trainer."
     )
+
+
+@contextlib.contextmanager
+def watch(address, timeout, on_lost):
+    """While inside, a thread calls on_lost(address) once the dispatcher at `address` (None: nothing to watch)
+    has not answered for `timeout` seconds. TensorFlow's client would wait for it far longer, without a word,
+    and the training steps with it."""
+    if not address:
+        yield
+        return
+    stop = threading.Event()
+
+    def run():
+        down_since = None
+        while not stop.wait(WATCH_SECONDS):
+            try:
+                check_reachable(address, seconds=WATCH_SECONDS)
+                down_since = None
+            except DataServiceError:
+                down_since = down_since or time.monotonic()
+                if time.monotonic() - down_since >= timeout and not stop.is_set():
+                    on_lost(address)
+                    return
+
+    thread = threading.Thread(target=run, name="data-service-watch", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
 
 
 @dataclasses.dataclass(frozen=True)

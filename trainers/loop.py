@@ -13,7 +13,6 @@ import re
 import shutil
 import signal
 import sys
-import threading
 import time
 
 import keras
@@ -32,9 +31,6 @@ POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"
 # steps on an accelerator, few enough that the CPU's progress bar still moves.
 DEFAULT_STEPS_PER_LOOP = {"CPU": 10, "GPU": 100, "TPU": 500}
 EXIT_CODES = {"SIGTERM": 143, "SIGINT": 130}
-# --data-service: how often the loop checks that the dispatcher answers (--data-service-timeout: how long it
-# waits for it to come back; TensorFlow's client would wait far longer, the run stuck meanwhile).
-SERVICE_CHECK_SECONDS = 2.0
 
 
 class Interrupted(Exception):
@@ -283,7 +279,8 @@ class Loop:
                 self.board.hparams(config)
         self._log_start()
         history = {}
-        with self._signals(), self._watching_the_data_service():
+        watch = data_service.watch(config.data_service, config.data_service_timeout, self._abandon_for_the_data_service)
+        with self._signals(), watch:
             if self._pending_evaluation():  # a crash after the epoch's last step, before its evaluation
                 history = self._end_epoch((int(self.batches.numpy()) - 1) // self.steps_per_epoch, 0.0, 0)
             while int(self.step.numpy()) < self.total_steps:
@@ -529,36 +526,9 @@ class Loop:
             for sig, old in previous.items():
                 signal.signal(sig, old)
 
-    @contextlib.contextmanager
-    def _watching_the_data_service(self):
-        """With --data-service, a thread that ends the run with a clear error (status 75) when the dispatcher
-        stops answering: the steps block inside TensorFlow, which retries for a long time without a word."""
-        address = self.config.data_service
-        if not address:
-            yield
-            return
-        stop = threading.Event()
-
-        def watch():
-            down_since = None
-            while not stop.wait(SERVICE_CHECK_SECONDS):
-                try:
-                    data_service.check_reachable(address, seconds=SERVICE_CHECK_SECONDS)
-                    down_since = None
-                except data_service.DataServiceError:
-                    down_since = down_since or time.monotonic()
-                    if time.monotonic() - down_since >= self.config.data_service_timeout and not stop.is_set():
-                        self._abandon_for_the_data_service(address)
-
-        thread = threading.Thread(target=watch, name="data-service-watch", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-
     def _abandon_for_the_data_service(self, address):
-        """Saves what it can, says what happened and how to go on, and ends the process (the loop is stuck)."""
+        """The dispatcher is gone and the steps are stuck inside TensorFlow: saves what it can, says what
+        happened and how to go on, and ends the process (status 75)."""
         step = int(self.step.numpy())
         saved = None
         if self.chief and not self.multi_worker:  # a cluster's save is collective, and the others are stuck too
