@@ -295,24 +295,32 @@ runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 """
 
 
-def run_two_workers(tmp_path, *args, timeout=600, save_weights=False):
-    """Two `trainers.cifar10` processes on localhost, `--worker-hosts localhost:P1,localhost:P2 --task-index i`:
-    (exit codes, logs). `save_weights`: each also writes its final model weights to tmp_path/weights<i>.npz."""
-    hosts = ",".join(f"localhost:{_free_port()}" for _ in range(2))
+def start_two_workers(tmp_path, *args, name="worker", hosts=None, save_weights=False):
+    """Two `trainers.cifar10` workers, `--worker-hosts localhost:P1,localhost:P2 --task-index i` (free ports
+    unless `hosts`): (processes, log paths, hosts). `save_weights`: each also writes its final model weights
+    to tmp_path/weights<i>.npz."""
+    hosts = hosts or ",".join(f"localhost:{_free_port()}" for _ in range(2))
     env = {k: v for k, v in ENV.items() if k != "TF_CONFIG"}
-    processes = []
+    processes, logs = [], []
     for index in range(2):
         saving = ["-c", SAVING_FINAL_WEIGHTS, str(tmp_path / f"weights{index}.npz")] if save_weights else ["-m"]
         cmd = [sys.executable, *saving, "trainers.cifar10", *TINY, *args]
         cmd += ["--worker-hosts", hosts, "--task-index", str(index)]
-        log = open(tmp_path / f"worker{index}.log", "w")
-        processes.append(subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=log, stderr=log))
+        logs.append(tmp_path / f"{name}{index}.log")
+        with open(logs[-1], "w") as log:
+            processes.append(subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=log, stderr=log))
+    return processes, logs, hosts
+
+
+def run_two_workers(tmp_path, *args, timeout=600, save_weights=False):
+    """Two workers run to their end: (exit codes, logs)."""
+    processes, logs, _ = start_two_workers(tmp_path, *args, save_weights=save_weights)
     try:
         codes = [p.wait(timeout=timeout) for p in processes]
     finally:
         for p in processes:
             p.kill()
-    return codes, [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
+    return codes, [log.read_text() for log in logs]
 
 
 @pytest.mark.slow
@@ -341,20 +349,6 @@ def test_two_workers_train_with_multi_worker_mirrored_strategy(tmp_path):
     assert len(kernels) == 8 and all(  # resnet8: 7 convolutions and the classifier
         any(np.array_equal(k, v) for v in saved if np.shape(v) == k.shape) for k in kernels
     )
-
-
-def start_two_workers(tmp_path, *args, name="worker", hosts=None):
-    """Two `trainers.cifar10` workers (on free localhost ports unless `hosts`): (processes, log paths, hosts)."""
-    hosts = hosts or ",".join(f"localhost:{_free_port()}" for _ in range(2))
-    env = {k: v for k, v in ENV.items() if k != "TF_CONFIG"}
-    processes, logs = [], []
-    for index in range(2):
-        cmd = [sys.executable, "-m", "trainers.cifar10", *TINY, *args, "--worker-hosts", hosts]
-        logs.append(tmp_path / f"{name}{index}.log")
-        with open(logs[-1], "w") as log:
-            cmd += ["--task-index", str(index)]
-            processes.append(subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=log, stderr=log))
-    return processes, logs, hosts
 
 
 @pytest.mark.slow
