@@ -76,8 +76,8 @@ def get_spec(model_name, shortcut=None, variant=None):
     key = str(model_name).lower().replace("-", "").replace("_", "")
     if key in SPECS:
         spec = SPECS[key]
-    elif _cifar_depth(key):
-        spec = _cifar_spec(_cifar_depth(key), residual=key.startswith("resnet"))
+    elif depth := _cifar_depth(key):
+        spec = _cifar_spec(depth, residual=key.startswith("resnet"))
     else:
         raise ValueError(
             f"Unknown model {model_name!r}. Available: {', '.join(available())}. "
