@@ -81,7 +81,8 @@ def test_resnet50_plan_gives_the_default_baseline_tensorflows_environment(tmp_pa
     assert "r50_ours_fp32" not in by_name  # the defaults are fp32 here: measured once
     assert by_name["r50_ours_defaults"].spec["precision"] == "auto"
     assert by_name["r50_ours_defaults"].spec.get("steps_per_loop") is None
-    assert by_name["r50_ours_bf16"].rounds == args.rounds
+    # bf16 is emulated on a machine whose auto is fp32: one short round, shown, not compared to a target.
+    assert by_name["r50_ours_bf16"].rounds == 1 and by_name["r50_ours_bf16"].spec["steps"] == 2
     assert {c.target for c in cs if c.numerator == "r50_ours_defaults" and c.target} == {1.5, 1.0}
     assert {c.numerator for c in cs if c.target == 0.95} == {"input_folder", "input_tfrecord"}
     spec = by_name["r50_ours_defaults"].spec
