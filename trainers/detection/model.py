@@ -1,10 +1,11 @@
-"""Faster R-CNN, the paper's C4 form, on any keras_resnet ImageNet-style backbone (residual or plain).
+"""Faster R-CNN on any keras_resnet ImageNet-style backbone (residual or plain): the paper's C4 form and FPN.
 
-He et al. (2015), appendix A: the RPN and the RoI pooling sit on the stride-16 conv4_x output (C4); each
+C4, He et al. (2015), appendix A: the RPN and the RoI pooling sit on the stride-16 conv4_x output (C4); each
 RoI is pooled to 14 x 14 (RoIAlign here, as Detectron), then the conv5_x stage (stride 2 -> 7 x 7) and
 global average pooling are the box head, followed by a classifier over K + 1 classes and class-specific
-box regressors. The conv5_x stage is the backbone's own, weights shared, taken out of the functional
-graph with keras_resnet.stage_features: a classification checkpoint loaded into the backbone loads it.
+box regressors. The conv5_x stage is the backbone's own, weights shared, taken out of the functional graph
+with keras_resnet.stage_features: a classification checkpoint loaded into the backbone loads it.
+FPN (Lin et al. 2017): see FasterRCNNFPN.
 
 Losses are per image, and each is normalised by a constant of the recipe, not by a count over the
 batch: the RPN's by `rpn_batch` (256 sampled anchors), the head's by `roi_batch` (sampled RoIs).
@@ -26,7 +27,7 @@ import tensorflow as tf
 import keras_resnet
 from trainers.detection import anchors as anchor_ops
 from trainers.detection import boxes as box_ops
-from trainers.detection.roi_align import roi_align
+from trainers.detection.roi_align import multilevel_roi_align, roi_align
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +61,21 @@ class C4Config:
     freeze_bn: bool = True
 
 
+@dataclasses.dataclass(frozen=True)
+class FPNConfig(C4Config):
+    """Faster R-CNN with FPN (Lin et al. 2017; Detectron's defaults): one anchor scale per level, P2-P6 for
+    the RPN, RoIAlign 7 x 7 from P2-P5 by box size, a two-layer MLP box head."""
+
+    anchor_scales: tuple = (anchor_ops.FPN_SCALE_PER_STRIDE,)  # x the level's stride: 32 px on P2 .. 512 on P6
+    fpn_channels: int = 256
+    head_dim: int = 1024
+    rpn_pre_nms_train: int = 2000  # over all levels together
+    rpn_post_nms_train: int = 2000
+    rpn_pre_nms_test: int = 1000
+    rpn_post_nms_test: int = 1000
+    roi_size: int = 7
+
+
 def smooth_l1(x, beta):
     """Huber-like smooth L1 of Fast R-CNN, summed over the last axis (beta 0: plain L1)."""
     x = tf.abs(x)
@@ -72,24 +88,40 @@ def _normal(stddev):
     return keras.initializers.RandomNormal(stddev=stddev, seed=None)
 
 
-class FasterRCNNC4(keras.Model):
-    """`backbone`: a keras_resnet model built with include_top=False (any input size, channels_last)."""
+def _backbone_stages(backbone, needed):
+    features = keras_resnet.stage_features(backbone).output
+    missing = [k for k in needed if k not in features]
+    if missing:
+        raise ValueError(
+            f"{backbone.name} has no {', '.join(missing)} (stages {sorted(features)}): Faster R-CNN needs an "
+            "ImageNet-style net (resnet18/34/50/101/152 or plain18/34/...), not a CIFAR one."
+        )
+    return features
 
-    def __init__(self, backbone, num_classes, config=None, name="faster_rcnn_c4", **kwargs):
+
+class FasterRCNN(keras.Model):
+    """What both forms share: proposals from the RPN, sampling, the losses, and detection.
+
+    A form fills in `rpn(images, training)` -> (features, anchors [N, 4], objectness logits [B, N],
+    deltas [B, N, 4]) and `box_head(features, rois, training)` -> (class logits [B, R, K + 1],
+    deltas [B, R, K, 4]), all float32 but the features.
+    """
+
+    def __init__(self, num_classes, config, name, **kwargs):
         super().__init__(name=name, **kwargs)
-        self.config = config or C4Config()
+        self.config = config
         self.num_classes = int(num_classes)
-        features = keras_resnet.stage_features(backbone).output
-        if "C5" not in features:
-            raise ValueError(
-                f"{backbone.name} has no conv5_x stage (stages {sorted(features)}): Faster R-CNN C4 needs an "
-                "ImageNet-style net (resnet18/34/50/101/152 or plain18/34/...), not a CIFAR one."
-            )
-        self.trunk = keras.Model(backbone.input, features["C4"], name="trunk")  # stem .. conv4_x
-        self.conv5 = keras.Model(features["C4"], features["C5"], name="conv5_head")  # shared weights
-        c = self.config
-        anchors_per_place = len(c.anchor_scales) * len(c.aspect_ratios)
-        width = c.rpn_channels or features["C4"].shape[-1]
+
+    def _bn_training(self, training):
+        return bool(training) and not self.config.freeze_bn
+
+    def _rpn_outputs(self, hidden, batch):
+        logits = tf.reshape(tf.cast(self.rpn_objectness(hidden), tf.float32), [batch, -1])
+        deltas = tf.reshape(tf.cast(self.rpn_deltas(hidden), tf.float32), [batch, -1, 4])
+        return logits, deltas
+
+    def _heads(self, width, anchors_per_place, hidden_layers):
+        """The RPN's conv and 1x1 outputs, and the K + 1 classifier and class-specific regressors."""
         self.rpn_conv = keras.layers.Conv2D(
             width, 3, padding="same", activation="relu", kernel_initializer=_normal(0.01), name="rpn_conv"
         )
@@ -99,26 +131,16 @@ class FasterRCNNC4(keras.Model):
         self.rpn_deltas = keras.layers.Conv2D(
             4 * anchors_per_place, 1, kernel_initializer=_normal(0.01), name="rpn_deltas"
         )
-        self.pool = keras.layers.GlobalAveragePooling2D(name="head_pool")
-        self.class_logits = keras.layers.Dense(num_classes + 1, kernel_initializer=_normal(0.01), name="class_logits")
-        self.box_deltas = keras.layers.Dense(4 * num_classes, kernel_initializer=_normal(0.001), name="box_deltas")
-        self.stride = anchor_ops.C4_STRIDE
-
-    # -- parts ------------------------------------------------------------------------------------------
-    def _bn_training(self, training):
-        return bool(training) and not self.config.freeze_bn
-
-    def rpn(self, images, training=False):
-        """(C4 features, anchors [N, 4], objectness logits [B, N], deltas [B, N, 4]) in float32."""
-        features = self.trunk(images, training=self._bn_training(training))
-        hidden = self.rpn_conv(features)
-        shape = tf.shape(features)
-        anchors = anchor_ops.generate(
-            shape[1], shape[2], self.stride, self.config.anchor_scales, self.config.aspect_ratios
+        self.head_layers = hidden_layers
+        self.class_logits = keras.layers.Dense(
+            self.num_classes + 1, kernel_initializer=_normal(0.01), name="class_logits"
         )
-        logits = tf.reshape(tf.cast(self.rpn_objectness(hidden), tf.float32), [shape[0], -1])
-        deltas = tf.reshape(tf.cast(self.rpn_deltas(hidden), tf.float32), [shape[0], -1, 4])
-        return features, anchors, logits, deltas
+        self.box_deltas = keras.layers.Dense(4 * self.num_classes, kernel_initializer=_normal(0.001), name="box_deltas")
+
+    def _predict(self, pooled, batch, count):
+        logits = tf.cast(self.class_logits(pooled), tf.float32)
+        deltas = tf.cast(self.box_deltas(pooled), tf.float32)
+        return tf.reshape(logits, [batch, count, -1]), tf.reshape(deltas, [batch, count, self.num_classes, 4])
 
     def proposals(self, anchors, logits, deltas, image_size, training=False):
         """Top-scoring decoded anchors after NMS: (boxes [B, P, 4] pixels, valid [B, P] bool), no gradient."""
@@ -134,18 +156,6 @@ class FasterRCNNC4(keras.Model):
         kept, _, count = anchor_ops.nms(chosen, tf.sigmoid(top.values), post, c.rpn_nms_iou)
         valid = tf.range(post)[tf.newaxis, :] < count[:, tf.newaxis]
         return tf.stop_gradient(kept), valid
-
-    def box_head(self, features, rois, training=False):
-        """RoIAlign 14 x 14 -> conv5_x -> pool -> (class logits [B, R, K + 1], deltas [B, R, K, 4]) float32."""
-        c = self.config
-        crops = roi_align(features, rois, self.stride, c.roi_size, c.sampling_ratio)
-        shape = tf.shape(crops)
-        flat = tf.reshape(crops, tf.concat([[-1], shape[2:]], axis=0))
-        pooled = self.pool(self.conv5(flat, training=self._bn_training(training)))
-        logits = tf.cast(self.class_logits(pooled), tf.float32)
-        deltas = tf.cast(self.box_deltas(pooled), tf.float32)
-        batch, count = shape[0], shape[1]
-        return tf.reshape(logits, [batch, count, -1]), tf.reshape(deltas, [batch, count, self.num_classes, 4])
 
     # -- training ---------------------------------------------------------------------------------------
     def losses_for(self, images, gt_boxes, gt_classes, seeds):
@@ -245,9 +255,124 @@ class FasterRCNNC4(keras.Model):
         return self.detect(images)
 
 
-def build_c4(model_name, num_classes, config=None, backbone_weights=None, **build_kwargs):
-    """Faster R-CNN C4 on a registered keras_resnet name ("resnet50", "plain34", ...)."""
+class FasterRCNNC4(FasterRCNN):
+    """The paper's form. `backbone`: a keras_resnet model built with include_top=False (any input size)."""
+
+    def __init__(self, backbone, num_classes, config=None, name="faster_rcnn_c4", **kwargs):
+        super().__init__(num_classes, config or C4Config(), name, **kwargs)
+        features = _backbone_stages(backbone, ("C4", "C5"))
+        self.trunk = keras.Model(backbone.input, features["C4"], name="trunk")  # stem .. conv4_x
+        self.conv5 = keras.Model(features["C4"], features["C5"], name="conv5_head")  # shared weights
+        c = self.config
+        width = c.rpn_channels or features["C4"].shape[-1]
+        self._heads(width, len(c.anchor_scales) * len(c.aspect_ratios), [])
+        self.pool = keras.layers.GlobalAveragePooling2D(name="head_pool")
+        self.stride = anchor_ops.C4_STRIDE
+
+    def rpn(self, images, training=False):
+        """(C4 features, anchors [N, 4], objectness logits [B, N], deltas [B, N, 4]) in float32."""
+        features = self.trunk(images, training=self._bn_training(training))
+        shape = tf.shape(features)
+        anchors = anchor_ops.generate(
+            shape[1], shape[2], self.stride, self.config.anchor_scales, self.config.aspect_ratios
+        )
+        logits, deltas = self._rpn_outputs(self.rpn_conv(features), shape[0])
+        return features, anchors, logits, deltas
+
+    def box_head(self, features, rois, training=False):
+        """RoIAlign 14 x 14 -> conv5_x -> pool -> (class logits [B, R, K + 1], deltas [B, R, K, 4]) float32."""
+        c = self.config
+        crops = roi_align(features, rois, self.stride, c.roi_size, c.sampling_ratio)
+        shape = tf.shape(crops)
+        flat = tf.reshape(crops, tf.concat([[-1], shape[2:]], axis=0))
+        pooled = self.pool(self.conv5(flat, training=self._bn_training(training)))
+        return self._predict(pooled, shape[0], shape[1])
+
+
+class FasterRCNNFPN(FasterRCNN):
+    """Faster R-CNN with a feature pyramid: P2-P5 from C2-C5 (1x1 laterals, nearest 2x top-down, 3x3 out
+    convs), P6 by stride-2 subsampling of P5 (RPN only); one RPN head shared by the levels; each RoI pooled
+    7 x 7 from the level its size picks, then two 1024-wide fully connected layers."""
+
+    LEVELS = (2, 3, 4, 5)
+
+    def __init__(self, backbone, num_classes, config=None, name="faster_rcnn_fpn", **kwargs):
+        super().__init__(num_classes, config or FPNConfig(), name, **kwargs)
+        c = self.config
+        features = _backbone_stages(backbone, tuple(f"C{level}" for level in self.LEVELS))
+        self.body = keras.Model(
+            backbone.input, [features[f"C{level}"] for level in self.LEVELS], name="body"
+        )  # stem .. conv5_x
+        width = c.fpn_channels
+        self.lateral = [
+            keras.layers.Conv2D(width, 1, kernel_initializer="he_uniform", name=f"fpn_lateral{level}")
+            for level in self.LEVELS
+        ]
+        self.output_convs = [
+            keras.layers.Conv2D(width, 3, padding="same", kernel_initializer="he_uniform", name=f"fpn_output{level}")
+            for level in self.LEVELS
+        ]
+        hidden = [
+            keras.layers.Dense(c.head_dim, activation="relu", kernel_initializer="he_uniform", name="head_fc1"),
+            keras.layers.Dense(c.head_dim, activation="relu", kernel_initializer="he_uniform", name="head_fc2"),
+        ]
+        self._heads(width, len(c.anchor_scales) * len(c.aspect_ratios), hidden)
+
+    def pyramid(self, images, training=False):
+        """{level: P_level} for levels 2-6, stride 2**level."""
+        stages = self.body(images, training=self._bn_training(training))
+        laterals = [conv(stage) for conv, stage in zip(self.lateral, stages, strict=True)]
+        merged = [laterals[-1]]
+        for lateral in reversed(laterals[:-1]):
+            shape = tf.shape(lateral)
+            up = tf.repeat(tf.repeat(merged[0], 2, axis=1), 2, axis=2)[:, : shape[1], : shape[2], :]  # nearest
+            merged.insert(0, lateral + up)
+        levels = {level: conv(m) for level, conv, m in zip(self.LEVELS, self.output_convs, merged, strict=True)}
+        levels[6] = levels[5][:, ::2, ::2, :]  # max-pool 1x1 stride 2 (Detectron's "subsample")
+        return levels
+
+    def rpn(self, images, training=False):
+        """(pyramid, anchors [N, 4] over P2-P6, logits [B, N], deltas [B, N, 4]); level-major order."""
+        c = self.config
+        levels = self.pyramid(images, training)
+        anchors, logits, deltas = [], [], []
+        for level in sorted(levels):
+            p = levels[level]
+            shape = tf.shape(p)
+            stride = 2**level
+            scales = tuple(s * stride for s in c.anchor_scales)
+            anchors.append(anchor_ops.generate(shape[1], shape[2], stride, scales, c.aspect_ratios))
+            level_logits, level_deltas = self._rpn_outputs(self.rpn_conv(p), shape[0])
+            logits.append(level_logits)
+            deltas.append(level_deltas)
+        return levels, tf.concat(anchors, 0), tf.concat(logits, 1), tf.concat(deltas, 1)
+
+    def box_head(self, features, rois, training=False):
+        """Multi-level RoIAlign 7 x 7 from P2-P5 -> 2 x fc1024 -> (class logits, deltas) float32."""
+        c = self.config
+        levels = {level: features[level] for level in self.LEVELS}
+        crops = multilevel_roi_align(levels, rois, c.roi_size, c.sampling_ratio)
+        shape = tf.shape(crops)
+        hidden = tf.reshape(crops, [shape[0] * shape[1], c.roi_size * c.roi_size * c.fpn_channels])
+        for layer in self.head_layers:
+            hidden = layer(hidden)
+        return self._predict(hidden, shape[0], shape[1])
+
+
+DETECTORS = {"frcnn-c4": (FasterRCNNC4, C4Config), "frcnn-fpn": (FasterRCNNFPN, FPNConfig)}
+
+
+def build(detector, model_name, num_classes, config=None, backbone_weights=None, **build_kwargs):
+    """A detector (`frcnn-c4` or `frcnn-fpn`) on a registered keras_resnet name ("resnet50", "plain34", ...)."""
+    if detector not in DETECTORS:
+        raise ValueError(f"--detector {detector}: expected one of {', '.join(DETECTORS)}.")
+    cls, _ = DETECTORS[detector]
     backbone = keras_resnet.build(
         model_name, include_top=False, weights=backbone_weights, input_shape=(None, None, 3), **build_kwargs
     )
-    return FasterRCNNC4(backbone, num_classes, config)
+    return cls(backbone, num_classes, config)
+
+
+def build_c4(model_name, num_classes, config=None, backbone_weights=None, **build_kwargs):
+    """Faster R-CNN C4 on a registered keras_resnet name ("resnet50", "plain34", ...)."""
+    return build("frcnn-c4", model_name, num_classes, config, backbone_weights, **build_kwargs)
