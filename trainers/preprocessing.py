@@ -13,6 +13,10 @@ Resize modes (`eval_pixels`), chosen from the training augmentation by `resize_m
                    evaluation of "scale" and "inception" augmentation (He et al. 2015, 224 of 256)
     center_square  shorter side to size, then the central square (AlexNet's 256 x 256 10-crop image)
 
+Detection (`detection_pixels`): the shorter side to --image-size, the longer at most 5/3 of it (Faster
+R-CNN's 600/1000), padded at the bottom/right to a fixed square canvas so batches keep one shape; boxes
+stay normalised to the image's content.
+
 Conventions (`network_input`):
 
     mean   (pixels - mean) / std on RGB 0..255: what this trainer trains with. mean is the run's
@@ -35,6 +39,7 @@ EVAL_RATIO = 256 / 224
 RESIZE_MODES = ("stretch", "central_crop", "center_square")
 CONVENTIONS = ("mean", "caffe")
 CENTRAL_CROP_AUGMENTS = ("scale", "inception")  # evaluated on a central crop of a shorter-side resize
+DETECTION_MAX_RATIO = 1000 / 600  # Faster R-CNN's longest side for a given shorter side
 
 
 def resize_mode(augment):
@@ -106,6 +111,39 @@ def eval_pixels(image, mode, size):
     if mode == "center_square":
         return center_crop(resize_shorter(image, min(_hw(size)), at_least=size), size)
     raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {mode!r}.")
+
+
+def detection_canvas(side, max_ratio=None):
+    """The square every detection input is padded to: the longest side `fit_detection` allows (Detectron's
+    1000 for a 600 shorter side: 5/3), rounded up to a multiple of 32 so every FPN level divides it."""
+    longest = detection_longest(side, max_ratio)
+    return -(-longest // 32) * 32
+
+
+def detection_longest(side, max_ratio=None):
+    return int(round(side * (max_ratio or DETECTION_MAX_RATIO)))
+
+
+def fit_detection(image, side, longest):
+    """Detection's resize, one image [H, W, 3] -> float32: the shorter side to `side` (a float tensor may
+    come from scale augmentation), unless the longer would then pass `longest`; the aspect ratio kept."""
+    hw = tf.cast(tf.shape(image)[-3:-1], tf.float32)
+    scale = tf.minimum(tf.cast(side, tf.float32) / tf.reduce_min(hw), float(longest) / tf.reduce_max(hw))
+    new_hw = tf.minimum(tf.maximum(tf.cast(tf.round(hw * scale), tf.int32), 1), longest)
+    same = tf.reduce_all(tf.equal(new_hw, tf.shape(image)[-3:-1]))
+    return tf.cond(same, lambda: tf.cast(image, tf.float32), lambda: tf.image.resize(image, new_hw))
+
+
+def detection_pixels(image, side, longest, canvas, mean):
+    """One image -> (float32 [canvas, canvas, 3] RGB 0..255, its content's (height, width) int32 [2]).
+
+    Resized by `fit_detection` and padded at the bottom and right with `mean`, so the network input
+    (pixels - mean) is 0 there. Training, evaluation and the exported detector all run this."""
+    image = fit_detection(image, side, longest)
+    hw = tf.shape(image)[:2]
+    mean = tf.cast(mean, tf.float32)  # a scalar or per channel [3]
+    padded = tf.pad(image - mean, [[0, canvas - hw[0]], [0, canvas - hw[1]], [0, 0]]) + mean
+    return tf.ensure_shape(padded, [canvas, canvas, 3]), hw
 
 
 def normalize(images, mean, std=1.0):

@@ -199,6 +199,33 @@ def parse(xml_text, class_names=VOC_CLASSES):
     return height, width, objects, problems, clipped
 
 
+def table_of(records, max_boxes):
+    """Records as numpy columns, one row per image, in order:
+
+    path: the image file; boxes [n, max_boxes, 4] normalised yxyx, zero-padded; classes [n, max_boxes]
+    int32, -1 padded; difficult [n, max_boxes] bool; num_boxes; height, width (of the annotation's size);
+    image_id. Images with more objects keep the first max_boxes.
+    """
+    n = len(records)
+    boxes = np.zeros((n, max_boxes, 4), np.float32)
+    classes = np.full((n, max_boxes), -1, np.int32)
+    difficult = np.zeros((n, max_boxes), bool)
+    counts = np.zeros((n,), np.int32)
+    for i, r in enumerate(records):
+        k = min(len(r.classes), max_boxes)
+        boxes[i, :k], classes[i, :k], difficult[i, :k], counts[i] = r.boxes[:k], r.classes[:k], r.difficult[:k], k
+    return {
+        "path": np.array([r.path for r in records]),
+        "boxes": boxes,
+        "classes": classes,
+        "difficult": difficult,
+        "num_boxes": counts,
+        "height": np.array([r.height for r in records], np.int32),
+        "width": np.array([r.width for r in records], np.int32),
+        "image_id": np.array([r.image_id for r in records]),
+    }
+
+
 class VocSource:
     """The annotations of `voc:DIR`, split by split; `records(split)` reads and checks a split once."""
 
@@ -298,41 +325,20 @@ class VocSource:
     def max_boxes(self, split):
         return max((len(r.classes) for r in self.records(split)), default=0)
 
-    def dataset(self, split, max_boxes=None):
-        """tf.data of one dict per image, in split order (shuffle, decode and batch are the task's):
+    def table(self, split, max_boxes=None):
+        """The split as numpy columns (see `table_of`); `max_boxes` defaults to the split's largest count."""
+        return table_of(self.records(split), max_boxes or max(self.max_boxes(split), 1))
 
-        image: the encoded file (tf.string); boxes [max_boxes, 4] normalised yxyx, zero-padded;
-        classes [max_boxes] int32, -1 padded; difficult [max_boxes] bool; num_boxes; height, width (of the
-        annotation's <size>); image_id. `max_boxes` defaults to the split's largest count; images with more
-        objects keep the first max_boxes.
-        """
-        records = self.records(split)
-        if max_boxes is None:
-            max_boxes = max(self.max_boxes(split), 1)
-        n = len(records)
-        boxes = np.zeros((n, max_boxes, 4), np.float32)
-        classes = np.full((n, max_boxes), -1, np.int32)
-        difficult = np.zeros((n, max_boxes), bool)
-        counts = np.zeros((n,), np.int32)
-        for i, r in enumerate(records):
-            k = min(len(r.classes), max_boxes)
-            boxes[i, :k], classes[i, :k], difficult[i, :k], counts[i] = r.boxes[:k], r.classes[:k], r.difficult[:k], k
-        table = {
-            "path": np.array([r.path for r in records]),
-            "boxes": boxes,
-            "classes": classes,
-            "difficult": difficult,
-            "num_boxes": counts,
-            "height": np.array([r.height for r in records], np.int32),
-            "width": np.array([r.width for r in records], np.int32),
-            "image_id": np.array([r.image_id for r in records]),
-        }
+    def dataset(self, split, max_boxes=None):
+        """tf.data of one dict per image, in split order: `table`'s columns, with the encoded file read into
+        "image" (tf.string) in place of "path". Shuffle, decode and batch are the pipeline's."""
 
         def read(row):
             row = dict(row)
             row["image"] = tf.io.read_file(row.pop("path"))
             return row
 
+        table = self.table(split, max_boxes)
         return tf.data.Dataset.from_tensor_slices(table).map(read, num_parallel_calls=tf.data.AUTOTUNE)
 
     def describe(self, split):
