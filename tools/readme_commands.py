@@ -20,7 +20,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SKIP = (
     (re.compile(r"--download\b"), "downloads a data set"),
-    (re.compile(r"(?:folder|tfrecord):/|\s/data/"), "needs data outside the repository"),
+    (re.compile(r"(?:folder|tfrecord|voc):/|\s/data/"), "needs data outside the repository"),
     (re.compile(r"folder:my_images"), "a placeholder for the reader's own folder"),
     (re.compile(r"--gpus\b"), "needs GPUs"),
     (re.compile(r"\btensorboard\b"), "starts a server that runs until stopped"),

@@ -17,6 +17,9 @@ import types
 @dataclasses.dataclass
 class Config:
     # What to train.
+    task: str = "classification"
+    detector: str = "frcnn-c4"
+    backbone_weights: str | None = None
     model: str = "resnet20"
     shortcut: str | None = None
     variant: str = "v1"
@@ -71,6 +74,7 @@ class Config:
     log_steps: int = 50
     profile_steps: str | None = None
     ten_crop: bool = False
+    eval_every: int = 1
     export: bool = True
     export_dir: str = "saved_models"
     export_name: str | None = None
@@ -88,12 +92,16 @@ class ConfigError(ValueError):
 
 # What each flag means; --help adds "(default: X)" from the recipe, or UNSET's words where the default is None.
 HELP = {
+    "task": "classification, or detection (python -m trainers.detection)",
+    "detector": "detection: frcnn-c4 (the paper's Faster R-CNN on conv4_x, conv5_x as the box head) or frcnn-fpn",
+    "backbone_weights": "detection: start the backbone from a classification run of ours (its --model-dir) or "
+    "imagenet (keras.applications' weights, downloaded once)",
     "model": "registered network name (keras_resnet.available())",
     "shortcut": "shortcut option A, B or C",
     "variant": "v1 (paper), v1.5 (stride on the 3x3) or v2 (pre-activation)",
     "zero_init_residual": "start each block's last BN gamma at 0",
     "sync_bn": "batch statistics over all replicas (exactly a single device's step)",
-    "data": "tfds:NAME | tfrecord:DIR | folder:DIR | digits | synthetic",
+    "data": "tfds:NAME | tfrecord:DIR | folder:DIR | digits | synthetic; detection: voc:DIR | coco:DIR | shapes[:N]",
     "data_dir": "tensorflow-datasets data (and manual) directory",
     "download": "download a tfds data set that is not prepared yet (needs internet)",
     "validation_split": "hold out this many training images (a count, e.g. 5000) or this fraction of them "
@@ -144,6 +152,7 @@ HELP = {
     "log_steps": "write TensorBoard scalars every N steps",
     "profile_steps": "profile steps A,B into TensorBoard",
     "ten_crop": "evaluate with 10 crops",
+    "eval_every": "evaluate every N epochs (and always after the last step)",
     "export": "export a SavedModel at the end",
     "export_dir": "SavedModel root (TF Serving layout <dir>/<name>/<version>)",
     "export_name": "TF Serving model name",
@@ -153,6 +162,7 @@ HELP = {
 
 # What a None default means, for --help.
 UNSET = {
+    "backbone_weights": "none: the backbone starts from random weights",
     "shortcut": "the model's: A for CIFAR nets, B for ImageNet nets",
     "data_dir": "tensorflow-datasets' own, ~/tensorflow_datasets",
     "num_classes": "from the data",
@@ -179,6 +189,8 @@ UNSET = {
 }
 
 CHOICES = {
+    "task": ("classification", "detection"),
+    "detector": ("frcnn-c4", "frcnn-fpn"),
     "variant": ("v1", "v1.5", "v2"),
     "augment": ("cifar", "pad_crop", "scale", "inception", "none"),
     "mean": ("per_pixel", "rgb", "none"),
@@ -630,6 +642,7 @@ AT_LEAST = {
     "checkpoint_steps": 0,
     "keep_checkpoints": 1,
     "log_steps": 1,
+    "eval_every": 1,
     "gpus": 1,
     "cpu_replicas": 1,
     "cluster_port": 1,
@@ -823,6 +836,14 @@ def _validate_cluster(config):
 
 def _validate_data(config):
     kind, colon, rest = config.data.partition(":")
+    if config.task == "detection":
+        if kind == "shapes" or (kind in ("voc", "coco") and rest):
+            return
+        raise ConfigError(
+            f"--data {config.data}: detection reads voc:DIR (the PASCAL VOC layout), coco:DIR (instances JSON) or "
+            "shapes[:N] (generated)",
+            "data",
+        )
     forms = ", ".join(DATA_FORMS)
     if config.data in ("digits", "synthetic"):
         return
@@ -873,9 +894,15 @@ def _validate_model(config):
         except ValueError as error:
             raise ConfigError(f"--shortcut {config.shortcut}: {error}", "shortcut") from None
     try:
-        get_spec(config.model, shortcut=config.shortcut, variant=config.variant)
+        spec = get_spec(config.model, shortcut=config.shortcut, variant=config.variant)
     except ValueError as error:
         raise ConfigError(f"--variant {config.variant}: {error}", "variant") from None
+    if config.task == "detection" and len(spec.stackwise_num_blocks) < 4:
+        raise ConfigError(
+            f"--model {config.model}: a CIFAR net has no conv5_x stage for Faster R-CNN; detection needs an "
+            "ImageNet-style one (resnet18/34/50/101/152, plain18/34/...)",
+            "model",
+        )
 
 
 BOUNDARY_FIELDS = ("decay_steps", "decay_epochs", "decay_at")
@@ -901,6 +928,7 @@ RUNTIME_FIELDS = frozenset(
         "log_steps",
         "profile_steps",
         "ten_crop",
+        "eval_every",
         "export",
         "export_dir",
         "export_name",

@@ -699,6 +699,10 @@ def export_model_dir(model_dir, export_dir=None, checkpoint=None, name=None):
     from trainers import preprocessing
 
     run_dir, config, root, name, checkpoint, source = _export_target(model_dir, export_dir, checkpoint, name)
+    if config.task == "detection":
+        from trainers.detection.export import export_detector
+
+        return export_detector(model_dir, export_dir, checkpoint, name)
     existing = find_export(model_dir, export_dir, checkpoint, name)
     if existing is not None:
         log.info("%s already holds %s (the same checkpoint): no new version.", existing, checkpoint)

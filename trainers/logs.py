@@ -285,6 +285,12 @@ class Board:
                 hp.hparams({**flat, "split": split}, trial_id=f"{run}/{split}")
             writer.flush()
 
+    def picture(self, writer, step, picture, name):
+        """One uint8 [H, W, 3] picture (e.g. drawn detections) under `name`."""
+        with writer.as_default(step=int(step)):
+            self._tf.summary.image(name, picture[None], max_outputs=1)
+        writer.flush()
+
     def image_grid(self, images, step, name="augmented_samples"):
         """Up to 16 augmented training images tiled into one picture (pixels 0..255)."""
         import numpy as np

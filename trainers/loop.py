@@ -131,7 +131,7 @@ class Loop:
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
             # Where the data stands: batches taken, so an epoch and a resume are positions in the data.
             self.batches = tf.Variable(0, dtype=tf.int64, trainable=False, name="batches")
-            # The batch position whose end-of-epoch evaluation is done (a crash in between redoes it).
+            # The batch position whose epoch end (evaluation, when due) is done (a crash in between redoes it).
             self.evaluated_at = tf.Variable(0, dtype=tf.int64, trainable=False, name="evaluated_at")
             self.skipped = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_steps")  # fp16 overflows
             # The task's sums and the examples so far this epoch: a mid-epoch resume keeps them.
@@ -250,6 +250,9 @@ class Loop:
 
     # -- public ---------------------------------------------------------------------------------------
     def evaluate(self):
+        own = self.task.evaluate(self.model)
+        if own is not None:
+            return own
         totals = np.zeros(len(self.task.metric_names) + 1)
         iterator = iter(self._distributed("validation"))
         chunk = tf.constant(max(self.steps_per_loop, 1), tf.int64)
@@ -472,14 +475,19 @@ class Loop:
         step, position = int(self.step.numpy()), int(self.batches.numpy())
         val = None
         if position % self.steps_per_epoch == 0 or step >= self.total_steps:
-            val = self.evaluate()
-            summary.update({f"val_{k}": val[k] for k in self.task.metric_names})
-            if self.board:
-                scalars = {k: val[k] for k in self.task.metric_names}
-                self.board.scalars(self.board.validation, step, {**scalars, **self._task_counters()})
+            if step >= self.total_steps or (position // self.steps_per_epoch) % self.config.eval_every == 0:
+                val = self.evaluate()
+                names = self.task.eval_metric_names or self.task.metric_names
+                summary.update({f"val_{k}": val[k] for k in names})
+                if self.board:
+                    scalars = {k: val[k] for k in names}
+                    self.board.scalars(self.board.validation, step, {**scalars, **self._task_counters()})
+                    picture = getattr(self.task, "picture", None)
+                    if picture is not None:
+                        self.board.picture(self.board.validation, step, picture, f"{self.task.name}_samples")
             if position % self.steps_per_epoch == 0:
                 self.epoch_totals.assign(tf.zeros_like(self.epoch_totals))
-            self.evaluated_at.assign(position)
+            self.evaluated_at.assign(position)  # this boundary is done, evaluated or not (--eval-every)
         self.manager.save(checkpoint_number=step)
         rate = images_seen / max(seconds, 1e-9)
         log.info(
@@ -594,10 +602,11 @@ def run(config, recipe_name):
     if not result["chief"]:
         return 0
     val = result.get("validation", {})
-    print(
-        f"\nDone: {config.model} step {result['step']}, validation top-1 {val.get('top1', float('nan')):.4f} "
-        f"({val.get('examples', 0)} images)"
-    )
+    if "top1" in val or not val:
+        shown = f"top-1 {val.get('top1', float('nan')):.4f}"
+    else:
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in val.items() if isinstance(v, float))
+    print(f"\nDone: {config.model} step {result['step']}, validation {shown} ({val.get('examples', 0)} images)")
     if result.get("saved_model"):
         print(f"SavedModel:  {result['saved_model']}")
     print(f"Checkpoints: {os.path.join(model_dir, 'checkpoints')}")

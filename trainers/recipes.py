@@ -57,3 +57,26 @@ DIGITS_DEMO = dict(
     schedule="cosine",
     decay_at=None,
 )
+
+# Faster R-CNN on PASCAL VOC (Detectron's VOC recipe): batch 16, lr 0.02 (0.00125 an image), /10 after 2/3
+# of the run, 18k iterations on VOC07 trainval (5,011 images: ~57 epochs), frozen BN, a short warm-up.
+# Images: shorter side 600 (the paper's), 0.8-1.2x and flips when training. `--image-size 320` on a CPU.
+DETECTION = dict(
+    task="detection",
+    detector="frcnn-c4",
+    model="resnet50",
+    data="voc:data/VOC2007",
+    validation_split=0,
+    image_size=600,
+    augment="none",
+    mean="rgb",
+    batch_size=16,
+    lr=0.02,
+    lr_batch=16,
+    schedule="step",
+    decay_at=[2 / 3],
+    epochs=57,
+    warmup_epochs=0.5,
+    weight_decay=1e-4,
+    momentum=0.9,
+)

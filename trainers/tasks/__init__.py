@@ -4,7 +4,11 @@ from trainers.tasks.base import Task
 
 
 def task_for(config):
-    """The task a config trains: classification is the only one the recipes name so far."""
+    """The task `config.task` names: classification or detection."""
+    if config.task == "detection":
+        from trainers.tasks.detection import DetectionTask
+
+        return DetectionTask(config)
     from trainers.tasks.classification import ClassificationTask
 
     return ClassificationTask(config)

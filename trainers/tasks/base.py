@@ -10,6 +10,8 @@ class Task:
     """
 
     metric_names = ("loss",)
+    # What evaluation reports; the loop logs val_<name> for each (default: the training sums' names).
+    eval_metric_names = None
     # The name the TensorBoard HParams and the start log use.
     name = "task"
 
@@ -53,6 +55,11 @@ class Task:
     def eval_sums(self, model, batch):
         """Sums for one replica's validation batch, training=False."""
         raise NotImplementedError
+
+    def evaluate(self, model):
+        """Evaluation that is no sum of `eval_sums` (detection's mAP): {name: value, "examples": n} computed
+        on this host. None: the loop sums `eval_sums` over the validation split."""
+        return None
 
     def summarize(self, totals):
         """{name: total / examples} and the example count."""

@@ -1,0 +1,226 @@
+"""Detection on the loop: the pipeline moves boxes with the pixels, a detector learns generated shapes
+(both forms), the export serves what the Keras model computes, and bad settings are refused early."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import trainers
+from trainers import recipes
+from trainers.config import Config, ConfigError, validate
+from trainers.detection import pipeline, shapes
+from trainers.detection.model import C4Config, FPNConfig
+from trainers.detection.sources import open_source
+from trainers.tasks.detection import MEAN, DetectionTask
+
+SIZE = 96
+
+
+def config_for(tmp_path, detector="frcnn-c4", **overrides):
+    values = dict(
+        recipes.DETECTION,
+        detector=detector,
+        model="resnet18",
+        data="shapes:12",
+        image_size=SIZE,
+        batch_size=4,
+        lr=0.02,
+        lr_batch=4,
+        epochs=None,
+        steps=4,
+        decay_at=None,
+        schedule="cosine",
+        warmup_epochs=0.0,
+        model_dir=str(tmp_path / detector),
+        export=False,
+        progress=False,
+        log_steps=1,
+        steps_per_loop=4,
+        precision="fp32",  # the export is float32: compared at 1e-4 on any CPU
+        eval_every=1000,  # 3 steps an epoch: evaluate once, at the end
+    )
+    values.update(overrides)
+    return Config(**values)
+
+
+class TinyDetection(DetectionTask):
+    """The detection task on a 4-stage resnet18-shaped backbone of 8-64 filters: the same code, a CPU's budget."""
+
+    def build_model(self, num_classes=None):
+        import keras
+
+        import keras_resnet
+        from keras_resnet.builder import build_model
+        from trainers.detection.model import DETECTORS
+
+        keras.utils.set_random_seed(self.config.seed)
+        spec = dataclasses.replace(
+            keras_resnet.get_spec("resnet18"), name="tiny", stackwise_num_blocks=(1, 1, 1, 1),
+            stackwise_num_filters=(8, 16, 32, 64),
+        )  # fmt: skip
+        backbone = build_model(spec, include_top=False, input_shape=(None, None, 3))
+        small = dict(rpn_batch=64, rpn_pre_nms_train=300, rpn_post_nms_train=64, rpn_pre_nms_test=300,
+                     rpn_post_nms_test=32, roi_batch=32, max_per_class=10, max_detections=20)  # fmt: skip
+        if self.config.detector == "frcnn-c4":
+            settings = C4Config(anchor_scales=(16.0, 32.0, 48.0), **small)
+        else:
+            settings = FPNConfig(fpn_channels=32, head_dim=128, anchor_scales=(4.0,), **small)
+        model = DETECTORS[self.config.detector][0](backbone, num_classes or self.num_classes, settings)
+        model.detect(tf.zeros([1, 64, 64, 3]))
+        return model
+
+
+# -- data ----------------------------------------------------------------------------------------------------
+
+
+def test_training_batches_move_the_boxes_with_flips_and_scales():
+    source = open_source("shapes:8", SIZE, seed=3)
+    table = source.table("train", source.max_boxes("train"))
+    flipped = scaled = 0
+    for epoch in range(3):
+        batch = next(
+            iter(pipeline.dataset(table, training=True, batch_size=8, image_size=SIZE, mean=MEAN, epoch=epoch))
+        )
+        images, boxes, classes = batch["images"].numpy(), batch["gt_boxes"].numpy(), batch["gt_classes"].numpy()
+        sizes = batch["image_size"].numpy()
+        scaled += int((sizes != SIZE).any())
+        for i in range(len(images)):
+            h, w = sizes[i]
+            assert (images[i, h:] == MEAN).all() and (images[i, :, w:] == MEAN).all()  # padded with the mean
+            row = int(batch["seeds"].numpy()[i, 1])
+            original = table["boxes"][row][table["classes"][row] >= 0]
+            for box, c in zip(boxes[i], classes[i], strict=True):
+                if c < 0:
+                    continue
+                y1, x1, y2, x2 = box
+                assert 0 <= y1 < y2 <= h + 1e-3 and 0 <= x1 < x2 <= w + 1e-3
+                centre = images[i, int((y1 + y2) / 2), int((x1 + x2) / 2)]
+                np.testing.assert_allclose(centre, shapes.COLOURS[c], atol=45)  # the shape is where its box is
+                normalised = box / [h, w, h, w]
+                if not np.isclose(original, normalised, atol=1e-4).all(axis=1).any():
+                    mirrored = [normalised[0], 1 - normalised[3], normalised[2], 1 - normalised[1]]
+                    assert np.isclose(original, mirrored, atol=1e-4).all(axis=1).any()
+                    flipped += 1
+    assert flipped and scaled, (flipped, scaled)
+
+
+def test_an_epoch_is_the_same_images_whatever_the_replica_split():
+    source = open_source("shapes:8", SIZE)
+    table = source.table("train")
+
+    class Context:  # what distribute_datasets_from_function hands each pipeline
+        num_input_pipelines, input_pipeline_id, num_replicas_in_sync = 1, 0, 2
+
+        def get_per_replica_batch_size(self, batch):
+            return batch // 2
+
+    one = next(iter(pipeline.dataset(table, training=True, batch_size=4, image_size=SIZE, mean=MEAN, epoch=1)))
+    halves = list(
+        pipeline.dataset(
+            table, training=True, batch_size=4, image_size=SIZE, mean=MEAN, epoch=1, input_context=Context()
+        )
+    )[:2]
+    for key in ("images", "gt_boxes", "seeds"):
+        np.testing.assert_array_equal(np.concatenate([h[key].numpy() for h in halves]), one[key].numpy())
+    resumed = next(iter(pipeline.dataset(table, training=True, batch_size=4, image_size=SIZE, mean=MEAN, epoch=1,
+                                         skip_batches=1)))  # fmt: skip
+    second = list(pipeline.dataset(table, training=True, batch_size=4, image_size=SIZE, mean=MEAN, epoch=1))[1]
+    np.testing.assert_array_equal(resumed["seeds"].numpy(), second["seeds"].numpy())
+
+
+# -- settings ------------------------------------------------------------------------------------------------
+
+
+def test_detection_settings_are_refused_before_anything_runs(tmp_path):
+    with pytest.raises(ConfigError, match="CIFAR net has no conv5_x"):
+        validate(config_for(tmp_path, model="resnet20"))
+    with pytest.raises(ConfigError, match="detection reads voc:DIR"):
+        validate(config_for(tmp_path, data="folder:/tmp"))
+    with pytest.raises(ConfigError, match="--detector"):
+        validate(config_for(tmp_path, detector="yolo"))
+    from trainers.data.errors import DataError
+
+    with pytest.raises(DataError, match="shapes:N"):
+        open_source("shapes:none", SIZE)
+
+
+# -- training and evaluation ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("detector", ["frcnn-c4", "frcnn-fpn"])
+def test_a_detector_learns_the_shapes_it_sees(tmp_path, detector):
+    """mAP@0.5 >= 0.9 on 12 generated images after training on them: it can learn what it sees."""
+    config = config_for(tmp_path, detector, steps=240, lr=0.02, steps_per_loop=20, log_steps=60)
+    result = trainers.train(config, task=TinyDetection(config))
+    val = result["validation"]
+    assert val["examples"] == 12
+    assert val["mAP50"] >= 0.9, val
+    picture = tmp_path / detector / "detections.png"
+    assert picture.is_file() and picture.stat().st_size > 1000
+
+
+# -- export --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_export_serves_what_the_keras_model_detects(tmp_path):
+    config = config_for(tmp_path, steps=8, export=True, export_dir=str(tmp_path / "saved"), export_name="shapes")
+    path = trainers.train(config, task=TinyDetection(config))["saved_model"]  # the task's export: its own model
+    assert path == str(tmp_path / "saved" / "shapes" / "1")
+
+    cli = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "saved_model_cli"), "show", "--dir", path, "--all"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    for name in ("serving_default", "serve_image_bytes", "detection_boxes", "detection_class_names",
+                 "num_detections", "image_bytes"):  # fmt: skip
+        assert name in cli.stdout, name
+
+    loaded = tf.saved_model.load(path)
+    source = open_source("shapes:12", SIZE)
+    images = np.stack([image for image, _, _ in source.images[:3]]).astype(np.float32)
+    served = {k: v.numpy() for k, v in loaded.signatures["serving_default"](images=tf.constant(images)).items()}
+    from_bytes = loaded.signatures["serve_image_bytes"](image_bytes=tf.constant([source.encoded[i] for i in range(3)]))
+    # The Keras model on the evaluation pipeline's tensors for the same images.
+    model = task_model(config)
+    batch = next(iter(task_dataset(config)))
+    keras_out = {k: v.numpy() for k, v in model.detect(batch["images"][:3] - MEAN, batch["image_size"][:3]).items()}
+    for key in ("detection_boxes", "detection_scores", "num_detections", "detection_classes"):
+        np.testing.assert_allclose(served[key], keras_out[key], atol=1e-4, err_msg=key)
+        np.testing.assert_allclose(from_bytes[key].numpy(), keras_out[key], atol=1e-4, err_msg=key)
+    boxes, scores, count = served["detection_boxes"], served["detection_scores"], served["num_detections"]
+    assert ((boxes >= 0) & (boxes <= 1)).all()
+    for i in range(3):
+        n = int(count[i])
+        assert (np.diff(scores[i][:n]) <= 1e-6).all() and (scores[i][n:] == 0).all()
+        names = [b.decode() for b in served["detection_class_names"][i]]
+        assert names[:n] == [shapes.CLASSES[c] for c in served["detection_classes"][i][:n]]
+        assert all(name == "" for name in names[n:])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image_bytes\\[1\\] is not a JPEG"):
+        loaded.signatures["serve_image_bytes"](image_bytes=tf.constant([source.encoded[0], b"not an image"]))
+    info = json.loads((tmp_path / "saved" / "shapes" / "1" / "assets.extra" / "export_info.json").read_text())
+    assert info["detector"] == "frcnn-c4" and info["class_names"] == list(shapes.CLASSES)
+
+
+def task_model(config):
+    """The trained tiny detector, restored from the run's checkpoint."""
+    task = TinyDetection(config)
+    task.open()
+    model = task.build_model()
+    checkpoint = tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints"))
+    tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial()
+    return model
+
+
+def task_dataset(config):
+    task = TinyDetection(config)
+    task.open()
+    return task.dataset("validation")
