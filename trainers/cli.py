@@ -6,16 +6,17 @@ from trainers import config as config_lib
 from trainers import logs
 
 
+def quiet_tensorflow(config):
+    """Logging set up before validate() imports keras, which starts TensorFlow (config_lib.resolve's on_parsed)."""
+    logs.setup_logging(tf_logs=config.tf_logs)
+    if not config.tf_logs:
+        logs.import_tensorflow_quietly()
+
+
 def main(recipe, recipe_name, description, argv=None):
     """Parse, check and run; 2 (with "error: ..." on stderr) for a setting or data the run cannot use.
 
     Bad flags and --config values exit with status 2 before anything is written or TensorFlow starts."""
-
-    def quiet_tensorflow(config):  # before validate() imports keras, which starts TensorFlow
-        logs.setup_logging(tf_logs=config.tf_logs)
-        if not config.tf_logs:
-            logs.import_tensorflow_quietly()
-
     config = config_lib.resolve(
         recipe, argv, prog=f"python -m trainers.{recipe_name}", description=description, on_parsed=quiet_tensorflow
     )

@@ -1,0 +1,81 @@
+"""Curves of runs: scalars read back from their TensorBoard logs, drawn as line charts (PNG, Pillow only)."""
+
+import math
+import pathlib
+
+COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75)]
+
+
+def scalars(log_dir, tag):
+    """{step: value} of one scalar tag from a run's TensorBoard event files (a later write of a step wins)."""
+    import tensorflow as tf
+
+    values = {}
+    for path in sorted(pathlib.Path(log_dir).glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    values[event.step] = float(tf.make_ndarray(value.tensor))
+    return values
+
+
+def _ticks(low, high, count=5):
+    """Round tick values covering [low, high]."""
+    if high <= low:
+        high = low + 1.0
+    raw = (high - low) / count
+    step = 10 ** math.floor(math.log10(raw))
+    step *= next(m for m in (1, 2, 5, 10) if raw <= m * step)
+    first = math.floor(low / step) * step
+    return [first + i * step for i in range(int(math.ceil((high - first) / step)) + 1)]
+
+
+def line_chart(series, path, title="", xlabel="step", ylabel="", size=(720, 440), dashed=()):
+    """Draws {label: {x: y}} as lines with axes, ticks and a legend into `path` (PNG); returns the path.
+
+    Labels in `dashed` are drawn dashed (e.g. training curves beside solid validation ones)."""
+    from PIL import Image, ImageDraw
+
+    width, height = size
+    left, right, top, bottom = 64, 16, 32, 48
+    picture = Image.new("RGB", size, "white")
+    pen = ImageDraw.Draw(picture)
+    points = [(x, y) for values in series.values() for x, y in values.items() if math.isfinite(y)]
+    if not points:
+        pen.text((left, height // 2), "no data", fill="black")
+        picture.save(path)
+        return path
+    xs, ys = _ticks(min(p[0] for p in points), max(p[0] for p in points)), None
+    ys = _ticks(min(p[1] for p in points), max(p[1] for p in points))
+
+    def at(x, y):
+        px = left + (x - xs[0]) / (xs[-1] - xs[0]) * (width - left - right)
+        py = height - bottom - (y - ys[0]) / (ys[-1] - ys[0]) * (height - top - bottom)
+        return px, py
+
+    for x in xs:
+        px, _ = at(x, ys[0])
+        pen.line([(px, top), (px, height - bottom)], fill=(230, 230, 230))
+        pen.text((px - 12, height - bottom + 6), f"{x:g}", fill="black")
+    for y in ys:
+        _, py = at(xs[0], y)
+        pen.line([(left, py), (width - right, py)], fill=(230, 230, 230))
+        pen.text((4, py - 6), f"{y:.4g}", fill="black")
+    pen.rectangle([left, top, width - right, height - bottom], outline="black")
+    pen.text((left, 8), title, fill="black")
+    pen.text(((width - len(xlabel) * 6) // 2, height - 18), xlabel, fill="black")
+    pen.text((4, top - 18), ylabel, fill="black")
+    for i, (label, values) in enumerate(series.items()):
+        colour = COLOURS[i % len(COLOURS)]
+        line = [at(x, y) for x, y in sorted(values.items()) if math.isfinite(y)]
+        if label in dashed:
+            for a, b in zip(line[::2], line[1::2], strict=False):
+                pen.line([a, b], fill=colour, width=2)
+        elif len(line) > 1:
+            pen.line(line, fill=colour, width=2)
+        for px, py in line if len(line) < 40 else []:
+            pen.ellipse([px - 2, py - 2, px + 2, py + 2], fill=colour)
+        pen.rectangle([width - right - 150, top + 8 + 14 * i, width - right - 138, top + 18 + 14 * i], fill=colour)
+        pen.text((width - right - 132, top + 7 + 14 * i), label, fill="black")
+    picture.save(path)
+    return path
