@@ -164,6 +164,12 @@ def test_a_detector_learns_the_shapes_it_sees(tmp_path, detector):
     assert val["mAP50"] >= 0.9, val
     picture = tmp_path / detector / "detections.png"
     assert picture.is_file() and picture.stat().st_size > 1000
+    # python -m trainers.evaluate's path gives the loop's numbers from the checkpoint.
+    from trainers.evaluate import evaluate
+
+    again = evaluate(config.model_dir, make_task=TinyDetection)
+    assert again["mAP50"] == pytest.approx(val["mAP50"], abs=1e-6) and again["examples"] == 12
+    assert set(again["voc"]["AP@0.5"]) == set(shapes.CLASSES) and "AP50" in again["coco"]
 
 
 # -- export --------------------------------------------------------------------------------------------------

@@ -825,7 +825,8 @@ def main(argv=None):
         print(f"Already exported: {path} holds {info['source']['checkpoint']} (the same weights): no new version.")
     else:
         print(f"SavedModel: {path}")
-    print(f"Keras:      {os.path.join(path, KERAS_MODEL)} (float32 0..255 pixels, resized, -> probabilities)")
+    if os.path.exists(os.path.join(path, KERAS_MODEL)):  # classification exports carry a .keras copy
+        print(f"Keras:      {os.path.join(path, KERAS_MODEL)} (float32 0..255 pixels, resized, -> probabilities)")
     print(f"Check it:   saved_model_cli show --dir {path} --all")
     return 0
 
