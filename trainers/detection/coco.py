@@ -19,7 +19,7 @@ import numpy as np
 
 from trainers.data.bad_images import BAD_FRACTION
 from trainers.data.errors import DataError
-from trainers.detection.voc import Record, Report, table_of
+from trainers.detection.voc import AnnotatedSource, Record, Report
 
 LAYOUT = (
     "expected the COCO layout: DIR/annotations/instances_<split>.json (e.g. instances_train2017.json) and "
@@ -27,18 +27,17 @@ LAYOUT = (
 )
 
 
-class CocoSource:
+class CocoSource(AnnotatedSource):
     """The annotations of `coco:DIR`, split by split; the same interface as VocSource."""
 
     def __init__(self, directory, threshold=BAD_FRACTION):
+        super().__init__()
         self.root = directory
         self.source = f"coco:{directory}"
         self.threshold = threshold
         if not os.path.isdir(os.path.join(directory, "annotations")):
             raise DataError(f"{self.source}: no annotations/ directory; {LAYOUT}.")
         self._json = {}
-        self._records = {}
-        self.reports = {}
         present = self.splits()
         if not present:
             raise DataError(f"{self.source}: no annotations/instances_<split>.json; {LAYOUT}.")
@@ -72,9 +71,7 @@ class CocoSource:
             self._json[split] = data
         return self._json[split]
 
-    def records(self, split):
-        if split in self._records:
-            return self._records[split]
+    def _read(self, split):
         data = self._load(split)
         index = {cid: i for i, cid in enumerate(self.category_ids)}
         by_image = {}
@@ -130,20 +127,4 @@ class CocoSource:
                     difficult=np.array(crowd, bool),
                 )
             )
-        report.check(self.threshold)
-        self._records[split] = records
-        self.reports[split] = report
-        return records
-
-    def examples(self, split):
-        return len(self.records(split))
-
-    def max_boxes(self, split):
-        return max((len(r.classes) for r in self.records(split)), default=0)
-
-    def table(self, split, max_boxes=None):
-        return table_of(self.records(split), max_boxes or max(self.max_boxes(split), 1))
-
-    def describe(self, split):
-        self.records(split)
-        return self.reports[split].lines()
+        return records, report

@@ -226,10 +226,44 @@ def table_of(records, max_boxes):
     }
 
 
-class VocSource:
+class AnnotatedSource:
+    """What a source of annotation files shares: each split read once by `_read(split)` -> (records, report),
+    checked against the 1 % rule, then served as counts, numpy columns and log lines."""
+
+    threshold = BAD_FRACTION
+
+    def __init__(self):
+        self._records = {}
+        self.reports = {}
+
+    def records(self, split):
+        """The usable images of `split`, in the annotation's order."""
+        if split not in self._records:
+            records, report = self._read(split)
+            report.check(self.threshold)
+            self._records[split], self.reports[split] = records, report
+        return self._records[split]
+
+    def examples(self, split):
+        return len(self.records(split))
+
+    def max_boxes(self, split):
+        return max((len(r.classes) for r in self.records(split)), default=0)
+
+    def table(self, split, max_boxes=None):
+        """The split as numpy columns (see `table_of`); `max_boxes` defaults to the split's largest count."""
+        return table_of(self.records(split), max_boxes or max(self.max_boxes(split), 1))
+
+    def describe(self, split):
+        self.records(split)
+        return self.reports[split].lines()
+
+
+class VocSource(AnnotatedSource):
     """The annotations of `voc:DIR`, split by split; `records(split)` reads and checks a split once."""
 
     def __init__(self, directory, class_names=VOC_CLASSES, threshold=BAD_FRACTION):
+        super().__init__()
         self.root = find_root(directory)
         self.source = f"voc:{directory}"
         self.class_names = tuple(class_names)
@@ -237,8 +271,6 @@ class VocSource:
         for sub in ("JPEGImages", os.path.join("ImageSets", "Main")):
             if not os.path.isdir(os.path.join(self.root, sub)):
                 raise DataError(f"{self.source}: no {sub}/ directory in {self.root}; {LAYOUT}.")
-        self._records = {}
-        self.reports = {}
 
     def splits(self):
         """The split files present, in SPLITS order."""
@@ -270,10 +302,8 @@ class VocSource:
             return os.path.join(folder, named)
         return None
 
-    def records(self, split):
-        """The usable images of `split` (train, val, trainval, test), in the split file's order."""
-        if split in self._records:
-            return self._records[split]
+    def _read(self, split):
+        """(records, report) of `split` (train, val, trainval or test), in the split file's order."""
         report = Report(f"{self.source} {split}")
         records = []
         for image_id in self._ids(split):
@@ -314,20 +344,7 @@ class VocSource:
                     difficult=np.array([d for _, _, d in objects], bool),
                 )
             )
-        report.check(self.threshold)
-        self._records[split] = records
-        self.reports[split] = report
-        return records
-
-    def examples(self, split):
-        return len(self.records(split))
-
-    def max_boxes(self, split):
-        return max((len(r.classes) for r in self.records(split)), default=0)
-
-    def table(self, split, max_boxes=None):
-        """The split as numpy columns (see `table_of`); `max_boxes` defaults to the split's largest count."""
-        return table_of(self.records(split), max_boxes or max(self.max_boxes(split), 1))
+        return records, report
 
     def dataset(self, split, max_boxes=None):
         """tf.data of one dict per image, in split order: `table`'s columns, with the encoded file read into
@@ -340,7 +357,3 @@ class VocSource:
 
         table = self.table(split, max_boxes)
         return tf.data.Dataset.from_tensor_slices(table).map(read, num_parallel_calls=tf.data.AUTOTUNE)
-
-    def describe(self, split):
-        self.records(split)
-        return self.reports[split].lines()
