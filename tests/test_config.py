@@ -164,7 +164,7 @@ def test_a_bad_value_from_the_config_file_says_so(tmp_path, capsys):
     )
 
 
-@pytest.mark.parametrize("recipe", [recipes.CIFAR10, recipes.IMAGENET, recipes.DIGITS_DEMO])
+@pytest.mark.parametrize("recipe", [recipes.CIFAR10, recipes.IMAGENET, recipes.DIGITS_DEMO, recipes.DETECTION])
 def test_help_shows_each_default_once(recipe):
     text = config_lib.parser(recipe, "prog", "description").format_help()
     blocks = re.split(r"\n(?=  -)", text.split("options:", 1)[1])

@@ -252,7 +252,7 @@ def test_tensorboard_serves_the_run_scalars(tmp_path):
         board.wait(timeout=30)
 
 
-@pytest.mark.parametrize("entry", ["cifar10", "imagenet"])
+@pytest.mark.parametrize("entry", ["cifar10", "imagenet", "detection"])
 def test_help_lists_every_flag_and_default(entry):
     from trainers import config as config_lib
     from trainers import recipes
