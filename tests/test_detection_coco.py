@@ -78,3 +78,51 @@ def test_coco_layout_errors_say_what_is_expected(tmp_path):
     (tmp_path / "annotations" / "instances_train2017.json").write_text("{not json")
     with pytest.raises(DataError, match="not valid JSON"):
         open_source(f"coco:{tmp_path}", 64)
+
+
+def fake_voc(self, split, decoders=None, **kwargs):
+    """tfds' voc/2007 examples as read with the image undecoded: 6 PNGs with 1-3 boxes each (tfds' own random
+    mock gives a Sequence's fields different lengths)."""
+    import tensorflow as tf
+
+    def example(i):
+        n = i % 3 + 1
+        png = tf.io.encode_png(tf.fill([30 + i, 40, 3], tf.constant(i * 20, tf.uint8)))
+        boxes = tf.constant([[0.1, 0.2, 0.5, 0.6]] * n) + 0.05 * i
+        difficult = tf.constant([k == 1 for k in range(n)])
+        return {"image": png, "objects": {"bbox": boxes, "label": tf.range(n, dtype=tf.int64) + i,
+                                          "is_difficult": difficult}}  # fmt: skip
+
+    examples = [example(i) for i in range(6)]
+    return tf.data.Dataset.from_generator(
+        lambda: iter(examples),
+        output_signature={
+            "image": tf.TensorSpec([], tf.string),
+            "objects": {
+                "bbox": tf.TensorSpec([None, 4], tf.float32),
+                "label": tf.TensorSpec([None], tf.int64),
+                "is_difficult": tf.TensorSpec([None], tf.bool),
+            },
+        },
+    )
+
+
+def test_tfds_voc_is_converted_once_to_the_coco_layout(tmp_path):
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(as_dataset_fn=fake_voc, data_dir=str(tmp_path)):  # converted files go there
+        source = open_source("tfds:voc/2007", 64, data_dir=str(tmp_path))
+        assert len(source.class_names) == 20 and source.class_names[0] == "aeroplane"
+        table = source.table("train")
+        assert len(table["boxes"]) == 6 and source.examples("validation") == 6
+        # Image 4 (index 3): 1 box, label 3, 33 x 40 pixels; its box moved by 0.15.
+        np.testing.assert_allclose(table["boxes"][3][0], [0.25, 0.35, 0.65, 0.75], atol=1e-5)
+        assert table["classes"][3][0] == 3 and (table["height"][3], table["width"][3]) == (33, 40)
+        assert table["difficult"][1].tolist()[:2] == [False, True]  # is_difficult -> ignored, as VOC's own
+        converted = list(tmp_path.rglob("instances_train.json"))
+        assert len(converted) == 1
+        stamp = converted[0].stat().st_mtime_ns
+        open_source("tfds:voc/2007", 64, data_dir=str(tmp_path))  # the second start reads what the first wrote
+        assert converted[0].stat().st_mtime_ns == stamp
+    with pytest.raises(DataError, match="not a detection data set"):
+        open_source("tfds:mnist", 64, data_dir=str(tmp_path))

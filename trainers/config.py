@@ -101,7 +101,8 @@ HELP = {
     "variant": "v1 (paper), v1.5 (stride on the 3x3) or v2 (pre-activation)",
     "zero_init_residual": "start each block's last BN gamma at 0",
     "sync_bn": "batch statistics over all replicas (exactly a single device's step)",
-    "data": "tfds:NAME | tfrecord:DIR | folder:DIR | digits | synthetic; detection: voc:DIR | coco:DIR | shapes[:N]",
+    "data": "tfds:NAME | tfrecord:DIR | folder:DIR | digits | synthetic; "
+    "detection: voc:DIR | coco:DIR | tfds:voc/2007 | shapes[:N]",
     "data_dir": "tensorflow-datasets data (and manual) directory",
     "download": "download a tfds data set that is not prepared yet (needs internet)",
     "validation_split": "hold out this many training images (a count, e.g. 5000) or this fraction of them "
@@ -837,11 +838,11 @@ def _validate_cluster(config):
 def _validate_data(config):
     kind, colon, rest = config.data.partition(":")
     if config.task == "detection":
-        if kind == "shapes" or (kind in ("voc", "coco") and rest):
+        if kind == "shapes" or (kind in ("voc", "coco", "tfds") and rest):
             return
         raise ConfigError(
-            f"--data {config.data}: detection reads voc:DIR (the PASCAL VOC layout), coco:DIR (instances JSON) or "
-            "shapes[:N] (generated)",
+            f"--data {config.data}: detection reads voc:DIR (the PASCAL VOC layout), coco:DIR (instances JSON), "
+            "tfds:voc/2007, tfds:coco/2017 or shapes[:N] (generated)",
             "data",
         )
     forms = ", ".join(DATA_FORMS)

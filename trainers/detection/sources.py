@@ -4,7 +4,7 @@ import os
 
 from trainers.data.errors import DataError
 
-FORMS = ("voc:DIR", "coco:DIR", "shapes[:N]")
+FORMS = ("voc:DIR", "coco:DIR", "tfds:voc/2007", "tfds:coco/2017", "shapes[:N]")
 
 
 class Splits:
@@ -29,9 +29,10 @@ class Splits:
         return self.source.describe(self.names[split])
 
 
-def open_source(spec, image_size, seed=0):
+def open_source(spec, image_size, seed=0, data_dir=None, download=False):
     """`voc:DIR` (trains on trainval and evaluates on test when DIR has a test split, else train and val),
-    `coco:DIR` (its train* and val* splits) or `shapes[:N]` (N generated images of `image_size` pixels)."""
+    `coco:DIR` (its train* and val* splits), `tfds:NAME` (converted once to the COCO layout, see
+    trainers.detection.tfds_source) or `shapes[:N]` (N generated images of `image_size` pixels)."""
     kind, _, rest = spec.partition(":")
     if kind == "shapes":
         from trainers.detection.shapes import DEFAULT_IMAGES, ShapesSource
@@ -56,6 +57,11 @@ def open_source(spec, image_size, seed=0):
         if "test" in present and "trainval" in present:
             return Splits(source, "trainval", "test")
         return Splits(source, "train", "val")
+    if kind == "tfds":
+        from trainers.detection.coco import CocoSource
+        from trainers.detection.tfds_source import open_tfds
+
+        return Splits(CocoSource(open_tfds(rest, data_dir, download)), "train", "validation")
     if kind == "coco":
         from trainers.detection.coco import CocoSource
 
@@ -70,4 +76,4 @@ def open_source(spec, image_size, seed=0):
                 f"--data {spec}: needs a train* and a val* split in annotations/ (found: {', '.join(present)})."
             )
         return Splits(source, train, validation)
-    raise DataError(f"--data {spec}: detection reads {', '.join(FORMS)}; tfds detection sources are not written yet.")
+    raise DataError(f"--data {spec}: detection reads {', '.join(FORMS)}.")

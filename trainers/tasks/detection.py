@@ -57,7 +57,7 @@ class DetectionTask(Task):
 
     def open(self, replicas_in_multi_worker=False):
         config = self.config
-        self.source = open_source(config.data, config.image_size, config.seed)
+        self.source = open_source(config.data, config.image_size, config.seed, config.data_dir, config.download)
         names = tuple(self.source.class_names)
         if config.num_classes and config.num_classes != len(names):
             raise ValueError(
