@@ -482,9 +482,8 @@ class Loop:
                 if self.board:
                     scalars = {k: val[k] for k in names}
                     self.board.scalars(self.board.validation, step, {**scalars, **self._task_counters()})
-                    picture = getattr(self.task, "picture", None)
-                    if picture is not None:
-                        self.board.picture(self.board.validation, step, picture, f"{self.task.name}_samples")
+                    if self.task.picture is not None:
+                        self.board.picture(self.board.validation, step, self.task.picture, f"{self.task.name}_samples")
             if position % self.steps_per_epoch == 0:
                 self.epoch_totals.assign(tf.zeros_like(self.epoch_totals))
             self.evaluated_at.assign(position)  # this boundary is done, evaluated or not (--eval-every)

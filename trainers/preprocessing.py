@@ -113,15 +113,14 @@ def eval_pixels(image, mode, size):
     raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {mode!r}.")
 
 
-def detection_canvas(side, max_ratio=None):
+def detection_canvas(side):
     """The square every detection input is padded to: the longest side `fit_detection` allows (Detectron's
     1000 for a 600 shorter side: 5/3), rounded up to a multiple of 32 so every FPN level divides it."""
-    longest = detection_longest(side, max_ratio)
-    return -(-longest // 32) * 32
+    return -(-detection_longest(side) // 32) * 32
 
 
-def detection_longest(side, max_ratio=None):
-    return int(round(side * (max_ratio or DETECTION_MAX_RATIO)))
+def detection_longest(side):
+    return int(round(side * DETECTION_MAX_RATIO))
 
 
 def fit_detection(image, side, longest):

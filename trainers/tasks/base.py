@@ -14,6 +14,9 @@ class Task:
     eval_metric_names = None
     # The name the TensorBoard HParams and the start log use.
     name = "task"
+    # A uint8 [H, W, 3] picture the last evaluation drew (detection's sample detections), or None; the loop
+    # logs it to TensorBoard beside the evaluation's scalars.
+    picture = None
 
     def __init__(self, config):
         self.config = config

@@ -51,8 +51,7 @@ class DetectionTask(Task):
         super().__init__(config)
         self.source = None
         self.num_classes = config.num_classes
-        self.last_evaluation = None
-        self.picture = None  # the last evaluation's sample detections, drawn
+        self.last_evaluation = None  # the last evaluation's VOC and COCO details (per-class APs, COCO table)
         self._detect = None
 
     def open(self, replicas_in_multi_worker=False):
