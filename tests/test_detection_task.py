@@ -249,7 +249,7 @@ def test_the_detection_study_writes_its_table_and_curves(tmp_path):
                    backbone_gflops=1.8, training_seconds=3600.0, steps=30, model_dir=str(tmp_path / model),
                    image_size=320, detector="frcnn-c4", data="voc:X", validation_images=792)  # fmt: skip
         rows.append(row)
-    study._report(str(tmp_path), rows, ["--data", "voc:X"])
+    study._report_detection(study.parser().parse_args(["detection"]), str(tmp_path), rows, ["--data", "voc:X"])
     table = (tmp_path / "study.md").read_text()
     assert "| resnet18 | 0.7500 | 0.4000 | 0.7000 | 0.3000 | 12.35 M | 1.80 | 60 min |" in table
     assert "| plain18 | 0.6500 |" in table and "Table 7" in table

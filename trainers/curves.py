@@ -30,10 +30,19 @@ def _ticks(low, high, count=5):
     return [first + i * step for i in range(int(math.ceil((high - first) / step)) + 1)]
 
 
-def line_chart(series, path, title="", xlabel="step", ylabel="", size=(720, 440), dashed=()):
-    """Draws {label: {x: y}} as lines with axes, ticks and a legend into `path` (PNG); returns the path.
+def _lighter(colour, amount=0.75):
+    return tuple(int(c + (255 - c) * amount) for c in colour)
 
-    Labels in `dashed` are drawn dashed (e.g. training curves beside solid validation ones)."""
+
+def line_chart(series, path=None, title="", xlabel="step", ylabel="", size=(720, 440), dashed=(), colours=None,
+               y_range=None, bands=None):  # fmt: skip
+    """Draws {label: {x: y}} as lines with axes, ticks and a legend; writes `path` (PNG) and returns it, or
+    returns the PIL image when `path` is None.
+
+    dashed: labels drawn dashed (training curves beside solid validation ones); colours: {label: index
+    into COLOURS} (default: one each, in order); y_range: (low, high) shared by panels drawn apart;
+    bands: {label: {x: (low, high)}} drawn as a light band under the label's line (a spread over seeds).
+    """
     from PIL import Image, ImageDraw
 
     width, height = size
@@ -43,10 +52,9 @@ def line_chart(series, path, title="", xlabel="step", ylabel="", size=(720, 440)
     points = [(x, y) for values in series.values() for x, y in values.items() if math.isfinite(y)]
     if not points:
         pen.text((left, height // 2), "no data", fill="black")
-        picture.save(path)
-        return path
-    xs, ys = _ticks(min(p[0] for p in points), max(p[0] for p in points)), None
-    ys = _ticks(min(p[1] for p in points), max(p[1] for p in points))
+        return _finish(picture, path)
+    xs = _ticks(min(p[0] for p in points), max(p[0] for p in points))
+    ys = _ticks(*(y_range or (min(p[1] for p in points), max(p[1] for p in points))))
 
     def at(x, y):
         px = left + (x - xs[0]) / (xs[-1] - xs[0]) * (width - left - right)
@@ -61,21 +69,47 @@ def line_chart(series, path, title="", xlabel="step", ylabel="", size=(720, 440)
         _, py = at(xs[0], y)
         pen.line([(left, py), (width - right, py)], fill=(230, 230, 230))
         pen.text((4, py - 6), f"{y:.4g}", fill="black")
-    pen.rectangle([left, top, width - right, height - bottom], outline="black")
     pen.text((left, 8), title, fill="black")
     pen.text(((width - len(xlabel) * 6) // 2, height - 18), xlabel, fill="black")
     pen.text((4, top - 18), ylabel, fill="black")
+    colour_of = {label: COLOURS[(colours or {}).get(label, i) % len(COLOURS)] for i, label in enumerate(series)}
+    for label, spread in (bands or {}).items():
+        ordered = sorted(spread.items())
+        outline = [at(x, high) for x, (_, high) in ordered] + [at(x, low) for x, (low, _) in reversed(ordered)]
+        if len(outline) > 2:
+            pen.polygon(outline, fill=_lighter(colour_of.get(label, COLOURS[0])))
+    pen.rectangle([left, top, width - right, height - bottom], outline="black")
     for i, (label, values) in enumerate(series.items()):
-        colour = COLOURS[i % len(COLOURS)]
+        colour = colour_of[label]
         line = [at(x, y) for x, y in sorted(values.items()) if math.isfinite(y)]
         if label in dashed:
             for a, b in zip(line[::2], line[1::2], strict=False):
                 pen.line([a, b], fill=colour, width=2)
         elif len(line) > 1:
             pen.line(line, fill=colour, width=2)
-        for px, py in line if len(line) < 40 else []:
+        for px, py in line if len(line) < 40 and label not in dashed else []:
             pen.ellipse([px - 2, py - 2, px + 2, py + 2], fill=colour)
         pen.rectangle([width - right - 150, top + 8 + 14 * i, width - right - 138, top + 18 + 14 * i], fill=colour)
         pen.text((width - right - 132, top + 7 + 14 * i), label, fill="black")
+    return _finish(picture, path)
+
+
+def _finish(picture, path):
+    if path is None:
+        return picture
     picture.save(path)
+    return path
+
+
+def side_by_side(pictures, path):
+    """PIL images pasted left to right into one PNG at `path`; returns the path."""
+    from PIL import Image
+
+    width = sum(p.width for p in pictures)
+    canvas = Image.new("RGB", (width, max(p.height for p in pictures)), "white")
+    left = 0
+    for p in pictures:
+        canvas.paste(p, (left, 0))
+        left += p.width
+    canvas.save(path)
     return path
