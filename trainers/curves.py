@@ -1,4 +1,5 @@
-"""Curves of runs: scalars read back from their TensorBoard logs, drawn as line charts (PNG, Pillow only)."""
+"""Charts of runs (PNG, Pillow only): scalars read back from TensorBoard logs drawn as line charts, and
+confusion matrices."""
 
 import math
 import pathlib
@@ -112,4 +113,40 @@ def side_by_side(pictures, path):
         canvas.paste(p, (left, 0))
         left += p.width
     canvas.save(path)
+    return path
+
+
+def confusion_chart(matrix, class_names, path, title="confusion matrix (rows: true class, row-normalised)"):
+    """A confusion matrix [true, predicted] as a heat map, each row normalised, counts written in the cells
+    when they fit; class names on both axes for up to 40 classes."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    matrix = np.asarray(matrix, np.float64)
+    k = len(matrix)
+    cell = max(4, min(40, 800 // max(k, 1)))
+    named = k <= 40
+    margin = 8 + (6 * max((len(n) for n in class_names), default=1) + 8 if named else 0)
+    size = (margin + k * cell + 16, 32 + margin + k * cell + 16)
+    picture = Image.new("RGB", size, "white")
+    pen = ImageDraw.Draw(picture)
+    pen.text((8, 8), title, fill="black")
+    rows = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    top = 32 + margin
+    for i in range(k):
+        for j in range(k):
+            shade = int(255 * (1 - rows[i, j]))
+            box = [margin + j * cell, top + i * cell, margin + (j + 1) * cell - 1, top + (i + 1) * cell - 1]
+            pen.rectangle(box, fill=(shade, shade, 255))
+            if cell >= 28 and matrix[i, j]:
+                pen.text(
+                    (box[0] + 2, box[1] + cell // 3), f"{int(matrix[i, j])}", fill="black" if shade > 96 else "white"
+                )
+        if named:
+            pen.text((4, top + i * cell + cell // 3), class_names[i][: (margin - 12) // 6], fill="black")
+    if named:  # predicted classes along the top, one initial letter stack per column
+        for j, name in enumerate(class_names):
+            for r, letter in enumerate(name[: (margin - 8) // 10]):
+                pen.text((margin + j * cell + cell // 3, 32 + r * 10), letter, fill="black")
+    picture.save(path)
     return path

@@ -171,17 +171,18 @@ class ClassificationTask(Task):
         per_example = self._loss(labels, logits)
         return tf.reduce_sum(per_example), self._sums(labels, logits, per_example)
 
+    def scores(self, model, images):
+        """float32 class scores of a validation batch: logits, or (--ten-crop) the paper's 10-crop testing's
+        mean log-probabilities over the corners, centre and their mirrors of the 256x256 image."""
+        if self.config.ten_crop:
+            crops = data.ten_crop_batch(images, self.config.image_size)  # [10 * b, s, s, 3], crop-major
+            return mean_crop_log_probabilities(model(preprocessing.normalize(crops, self.mean), training=False), 10)
+        return tf.cast(model(preprocessing.normalize(images, self.mean), training=False), tf.float32)
+
     def eval_sums(self, model, batch):
         images, labels = batch
-        if self.config.ten_crop:
-            # The paper's 10-crop testing: corners, centre and their mirrors of the 256x256 image.
-            crops = data.ten_crop_batch(images, self.config.image_size)  # [10 * b, s, s, 3], crop-major
-            logits = model(preprocessing.normalize(crops, self.mean), training=False)
-            scores = mean_crop_log_probabilities(logits, 10)
-            loss = -tf.gather(scores, labels, batch_dims=1)
-        else:
-            scores = tf.cast(model(preprocessing.normalize(images, self.mean), training=False), tf.float32)
-            loss = self._loss(labels, scores)
+        scores = self.scores(model, images)
+        loss = -tf.gather(scores, labels, batch_dims=1) if self.config.ten_crop else self._loss(labels, scores)
         return self._sums(labels, scores, loss)
 
     def dataset(self, split, *, epoch=0, skip_batches=0, input_context=None):
