@@ -21,7 +21,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 SKIP = (
     (re.compile(r"--download\b"), "downloads a data set"),
     (re.compile(r"(?:folder|tfrecord|voc):/|\s/data/"), "needs data outside the repository"),
-    (re.compile(r"folder:my_images"), "a placeholder for the reader's own folder"),
+    (re.compile(r"folder:my_images|<a run>"), "a placeholder for the reader's own folder or run"),
+    (re.compile(r"-m trainers\.(study|tune)\b"), "trains several nets for hours on CIFAR-10 (tfds, --download)"),
     (re.compile(r"--gpus\b"), "needs GPUs"),
     (re.compile(r"\btensorboard\b"), "starts a server that runs until stopped"),
     (re.compile(r"^make test\b"), "CI's own command (.ci/run)"),
