@@ -66,7 +66,8 @@ class TinyDetection(DetectionTask):
         )  # fmt: skip
         backbone = build_model(spec, include_top=False, input_shape=(None, None, 3))
         small = dict(rpn_batch=64, rpn_pre_nms_train=300, rpn_post_nms_train=64, rpn_pre_nms_test=300,
-                     rpn_post_nms_test=32, roi_batch=32, max_per_class=10, max_detections=20)  # fmt: skip
+                     rpn_post_nms_test=32, roi_batch=32, max_per_class=10, max_detections=20,
+                     freeze_bn=False)  # fmt: skip
         if self.config.detector == "frcnn-c4":
             settings = C4Config(anchor_scales=(16.0, 32.0, 48.0), **small)
         else:

@@ -26,10 +26,14 @@ PAPER_SIDE = 600  # the shorter side the C4 anchor scales (128, 256, 512) were c
 
 def detector_config(config):
     """The detector's hyper-parameters at --image-size: the paper's anchors scaled with the image, and
-    sample and proposal counts cut below the paper's image sizes (fewer, smaller objects per image)."""
+    sample and proposal counts cut below the paper's image sizes (fewer, smaller objects per image).
+
+    BatchNorm is frozen (the paper's and Detectron's choice) only when the backbone starts from trained
+    weights, whose statistics mean something; a backbone trained from scratch learns them from its batches
+    as in classification (--sync-bn makes that the same on any number of replicas)."""
     cls = detection_model.DETECTORS[config.detector][1]
     small = config.image_size < PAPER_SIDE
-    changes = {}
+    changes = {"freeze_bn": bool(config.backbone_weights)}
     if config.detector == "frcnn-c4":
         scale = config.image_size / PAPER_SIDE
         changes["anchor_scales"] = tuple(round(s * scale, 1) for s in detection_model.C4Config.anchor_scales)
