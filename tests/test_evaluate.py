@@ -58,6 +58,7 @@ def check(report, labels, scores):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("restore_logging")  # main() sets up logging as the command line does
 def test_a_checkpoint_and_its_export_are_scored_like_a_direct_computation(tmp_path):
     data = make_folder(tmp_path / "images")
     config = Config(

@@ -22,11 +22,13 @@ def float32_policy():
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("restore_logging")  # the study sets up logging as its command line does
 def test_a_degradation_study_reports_every_run_and_resumes(tmp_path, monkeypatch, capsys):
     out = tmp_path / "study"
     argv = ["degradation", "--depths", "8,14", "--out", str(out), *FLAGS]
 
-    # The second run is interrupted (as by SIGTERM) at its first device-loop end: the study stops there.
+    # The second run is interrupted (as by SIGTERM) at its first device-loop end (a step each, as
+    # --log-steps 1 asks): the study stops there.
     honour, calls = loop.Loop._honour_signal, []
 
     def interrupt_the_second_run_once(self, step):
@@ -38,7 +40,7 @@ def test_a_degradation_study_reports_every_run_and_resumes(tmp_path, monkeypatch
     monkeypatch.setattr(loop.Loop, "_honour_signal", interrupt_the_second_run_once)
     with pytest.raises(loop.Interrupted) as stop:
         study.main(argv)
-    assert stop.value.step == 2
+    assert stop.value.step == 1
     monkeypatch.setattr(loop.Loop, "_honour_signal", honour)
     capsys.readouterr()
 
@@ -47,7 +49,7 @@ def test_a_degradation_study_reports_every_run_and_resumes(tmp_path, monkeypatch
     assert "== plain8 seed 0: finished, skipped" in said  # trained before the interruption
     assert "== resnet8 seed 0 ==" in said and "== plain14 seed 0 ==" in said
     result = json.loads((out / "resnet8" / "seed0" / "result.json").read_text())
-    assert result["step"] == 4  # the interrupted run resumed at 2 and finished
+    assert result["step"] == 4  # the interrupted run resumed at 1 and finished
 
     table = (out / "study.md").read_text()
     for name in ("plain8", "resnet8", "plain14", "resnet14"):
@@ -80,6 +82,7 @@ def test_the_summary_averages_seeds_with_their_spread():
     assert one["bands"]["val_error"] == {2: (0.1, 0.3)}
 
 
+@pytest.mark.usefixtures("restore_logging")
 def test_study_plans_and_bad_flags():
     args = study.parser().parse_args(["shortcuts", "--family", "imagenet"])
     assert [name for name, _, _ in study.plan(args)] == ["plain34", "resnet34-A", "resnet34-B", "resnet34-C"]

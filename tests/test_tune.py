@@ -19,6 +19,7 @@ def float32_policy():
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("restore_logging")  # the tuner sets up logging as its command line does
 def test_a_two_trial_search_writes_a_best_config_that_trains(tmp_path, capsys):
     out = tmp_path / "tune"
     argv = ["--tuner", "random", "--max-trials", "2", "--space", "lr,weight_decay", "--out", str(out), *FLAGS]
@@ -41,6 +42,7 @@ def test_a_two_trial_search_writes_a_best_config_that_trains(tmp_path, capsys):
     assert len(list((out / "trials").iterdir())) == 2
 
 
+@pytest.mark.usefixtures("restore_logging")
 def test_an_unknown_search_dimension_is_refused(capsys):
     assert tune.main(["--space", "lr,dropout", *FLAGS]) == 2
     assert "unknown dropout" in capsys.readouterr().err

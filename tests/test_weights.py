@@ -23,7 +23,9 @@ def randomize(model, seed):
     return model
 
 
-@pytest.mark.parametrize("depth", [50, 101])
+# ResNet-50 only: 101 and 152 repeat the same bottleneck blocks (conv4_x is longer), and converting 101 took
+# 40 s of the suite's 15 minutes. Every depth's conversion is the same per-layer code.
+@pytest.mark.parametrize("depth", [50])
 def test_keras_applications_conversion_is_exact(depth):
     twin = getattr(keras.applications, f"ResNet{depth}")(weights=None, classifier_activation=None)
     randomize(twin, depth)
