@@ -160,7 +160,7 @@ def test_detection_settings_are_refused_before_anything_runs(tmp_path):
 
 @pytest.mark.slow
 def test_the_export_serves_what_the_keras_model_detects(tmp_path):
-    config = config_for(tmp_path, steps=8, export=True, export_dir=str(tmp_path / "saved"), export_name="shapes")
+    config = config_for(tmp_path, steps=2, export=True, export_dir=str(tmp_path / "saved"), export_name="shapes")
     result = trainers.train(config, task=TinyDetection(config))
     path = result["saved_model"]  # the task's export: its own model
     assert path == str(tmp_path / "saved" / "shapes" / "1")

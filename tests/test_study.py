@@ -11,7 +11,7 @@ from PIL import Image
 
 from trainers import loop, study
 
-FLAGS = ["--data", "synthetic", "--image-size", "8", "--batch-size", "64", "--steps", "4", "--no-progress",
+FLAGS = ["--data", "synthetic", "--image-size", "8", "--batch-size", "64", "--steps", "2", "--no-progress",
          "--log-steps", "1", "--steps-per-loop", "2"]  # fmt: skip
 
 
@@ -49,7 +49,7 @@ def test_a_degradation_study_reports_every_run_and_resumes(tmp_path, monkeypatch
     assert "== plain8 seed 0: finished, skipped" in said  # trained before the interruption
     assert "== resnet8 seed 0 ==" in said and "== plain14 seed 0 ==" in said
     result = json.loads((out / "resnet8" / "seed0" / "result.json").read_text())
-    assert result["step"] == 4  # the interrupted run resumed at 1 and finished
+    assert result["step"] == 2  # the interrupted run resumed at 1 and finished
 
     table = (out / "study.md").read_text()
     for name in ("plain8", "resnet8", "plain14", "resnet14"):

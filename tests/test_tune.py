@@ -8,7 +8,7 @@ import trainers
 from trainers import config as config_lib
 from trainers import recipes, tune
 
-FLAGS = ["--data", "synthetic", "--model", "resnet8", "--image-size", "8", "--batch-size", "64", "--steps", "2",
+FLAGS = ["--data", "synthetic", "--model", "resnet8", "--image-size", "8", "--batch-size", "64", "--steps", "1",
          "--no-progress"]  # fmt: skip
 
 
@@ -34,8 +34,8 @@ def test_a_two_trial_search_writes_a_best_config_that_trains(tmp_path, capsys):
 
     config = config_lib.resolve(recipes.CIFAR10, ["--config", str(out / "best.yaml"), "--model-dir",
                                                   str(tmp_path / "best"), "--no-export"])  # fmt: skip
-    assert (config.lr, config.weight_decay, config.steps) == (best["lr"], best["weight_decay"], 2)
-    assert trainers.train(config)["step"] == 2
+    assert (config.lr, config.weight_decay, config.steps) == (best["lr"], best["weight_decay"], 1)
+    assert trainers.train(config)["step"] == 1
 
     assert tune.main(argv) == 0  # the oracle's state is reloaded: no trial runs again
     assert "Reloading Tuner" in capsys.readouterr().out

@@ -113,7 +113,13 @@ def _finished(config):
     if not os.path.exists(run_dir.result_path):
         return None
     saved = run_dir.read_config()
-    if config_lib.differences(saved, dataclasses.replace(config, num_classes=config.num_classes or saved.num_classes)):
+    # What the data and the machine decided (the class count, what `auto` precision became) as the run did.
+    now = dataclasses.replace(
+        config,
+        num_classes=config.num_classes or saved.num_classes,
+        precision=saved.precision if config.precision == "auto" else config.precision,
+    )
+    if config_lib.differences(saved, now):
         return None  # other settings: training refuses, with the differences named
     with open(run_dir.result_path, encoding="utf-8") as f:
         return json.load(f)
