@@ -55,6 +55,11 @@ def test_trainable_parameter_counts_match_reference(name, shortcut, expected):
     assert_parameter_counts(keras_resnet.build(name, shortcut=shortcut), expected)
 
 
+# Option A (the paper's for CIFAR) and plain at 1,202 layers; B's and C's projections are counted at every
+# other depth, and 1,202 only repeats the same blocks (each 1202 build is ~12 s of the suite's 15 minutes).
+COLUMNS_1202 = (COLUMNS[0], COLUMNS[3])
+
+
 @pytest.mark.slow
 def test_resnet1202_counts_match_reference():
     """The 1,202-layer nets take ~35 s each to build on TensorFlow; their counts are the same on Keras' numpy
@@ -69,14 +74,14 @@ def test_resnet1202_counts_match_reference():
         "def counts(m):\n"
         "    bn = sum(l.gamma.shape[0] for l in m.layers if isinstance(l, keras.layers.BatchNormalization))\n"
         "    return sum(math.prod(w.shape) for w in m.trainable_weights), m.count_params(), bn\n"
-        f"nets = {[c[1:] for c in COLUMNS]}\n"
+        f"nets = {[c[1:] for c in COLUMNS_1202]}\n"
         "print(json.dumps([counts(keras_resnet.build(k + '1202', shortcut=s)) for k, s in nets]))"
     )
     env = {**os.environ, "KERAS_BACKEND": "numpy"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     found = json.loads(out.stdout.strip().splitlines()[-1])
-    for (column, kind, shortcut), (trainable_count, total, bn_channels) in zip(COLUMNS, found, strict=True):
+    for (column, kind, shortcut), (trainable_count, total, bn_channels) in zip(COLUMNS_1202, found, strict=True):
         expected = PARAMS[1202][column]
         assert (trainable_count, total) == (expected, expected + 2 * bn_channels), f"{kind}1202-{shortcut}"
 

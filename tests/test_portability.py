@@ -53,11 +53,17 @@ def test_the_package_imports_no_tensorflow():
 JAX_SCRIPT = """
 import sys
 import numpy as np
+import dataclasses
 import keras_resnet
 import keras
+from keras_resnet.builder import build_model
 assert keras.backend.backend() == "jax"
-for name, size in (("resnet20", 32), ("resnet50", 64)):  # bottleneck blocks too; 64 px is enough for that
-    model = keras_resnet.build(name, input_shape=(size, size, 3))
+# Bottleneck blocks too: ResNet-50's spec with one block a stage (every kind of layer, a quarter of the ops,
+# which JAX runs one by one here).
+bottleneck = dataclasses.replace(keras_resnet.get_spec("resnet50"), stackwise_num_blocks=(1, 1, 1, 1))
+for name, size in (("resnet20", 32), ("resnet50", 64)):  # 64 px is enough for the bottleneck net
+    spec = bottleneck if name == "resnet50" else keras_resnet.get_spec(name)
+    model = build_model(spec, input_shape=(size, size, 3))
     out = model(np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32"))
     out = np.asarray(out)
     assert out.shape == (2, model.output_shape[-1]) and np.allclose(out.sum(-1), 1, atol=1e-4), out
