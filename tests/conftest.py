@@ -7,6 +7,15 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 
 @pytest.fixture
+def float32_policy():
+    """For tests whose runs set a mixed-precision policy (process-wide in Keras): float32 again after each."""
+    yield
+    import keras
+
+    keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.fixture
 def restore_logging(monkeypatch):
     """For tests that set up logging for the process: put the loggers, absl and the environment back."""
     import logging

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -19,11 +18,7 @@ from trainers.evaluate import classification_report, evaluate, evaluate_saved_mo
 
 CLASSES = ("ant", "bee", "cow")
 
-
-@pytest.fixture(autouse=True)
-def float32_policy():
-    yield
-    keras.mixed_precision.set_global_policy("float32")
+pytestmark = pytest.mark.usefixtures("float32_policy")  # their runs set Keras' process-wide policy
 
 
 def make_folder(root, per_class=8, size=8):

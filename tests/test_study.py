@@ -4,7 +4,6 @@ from study.json; a rerun skips what finished and resumes what was interrupted.""
 import csv
 import json
 
-import keras
 import numpy as np
 import pytest
 from PIL import Image
@@ -14,11 +13,7 @@ from trainers import loop, study
 FLAGS = ["--data", "synthetic", "--image-size", "8", "--batch-size", "64", "--steps", "2", "--no-progress",
          "--log-steps", "1", "--steps-per-loop", "2"]  # fmt: skip
 
-
-@pytest.fixture(autouse=True)
-def float32_policy():
-    yield
-    keras.mixed_precision.set_global_policy("float32")
+pytestmark = pytest.mark.usefixtures("float32_policy")  # their runs set Keras' process-wide policy
 
 
 @pytest.mark.slow

@@ -1,6 +1,5 @@
 """`python -m trainers.tune`: a 2-trial search through the loop, and a training from its best.yaml."""
 
-import keras
 import pytest
 import yaml
 
@@ -11,11 +10,7 @@ from trainers import recipes, tune
 FLAGS = ["--data", "synthetic", "--model", "resnet8", "--image-size", "8", "--batch-size", "64", "--steps", "1",
          "--no-progress"]  # fmt: skip
 
-
-@pytest.fixture(autouse=True)
-def float32_policy():
-    yield
-    keras.mixed_precision.set_global_policy("float32")
+pytestmark = pytest.mark.usefixtures("float32_policy")  # their runs set Keras' process-wide policy
 
 
 @pytest.mark.slow
