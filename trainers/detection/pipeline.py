@@ -52,7 +52,8 @@ def dataset(
     columns = {k: v[order] for k, v in table.items()}
     columns["row"] = order.astype(np.int32)
     if "image" in columns:
-        columns["image"] = columns["image"].astype(bytes)
+        # As tf.string, not numpy's fixed-width bytes, which would drop an encoding's trailing NUL bytes.
+        columns["image"] = tf.constant(list(columns["image"]), tf.string)
     ds = tf.data.Dataset.from_tensor_slices(columns)
     pipelines, pipeline_id, replicas = 1, 0, 1
     if input_context is not None:
