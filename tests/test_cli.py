@@ -86,7 +86,8 @@ def test_a_run_logged_to_a_file_is_plain_text_without_tensorflow_chatter(tmp_pat
     assert helped.returncode == 0 and "--model-dir" in helped.stdout
     assert not re.search(r"\| +(tensorflow|keras)\b", helped.stderr)
     log_file = tmp_path / "train.log"
-    cmd = [sys.executable, "-m", "trainers.demo", "--steps", "2", "--model-dir", str(tmp_path / "run"), "--no-export"]
+    cmd = [sys.executable, "-m", "trainers.demo", "--steps", "2", "--model-dir", str(tmp_path / "run"), "--no-export",
+           "--model", "resnet8"]  # fmt: skip
     with open(log_file, "w") as out:
         done = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, timeout=600)
     text = log_file.read_text()
