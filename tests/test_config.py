@@ -77,7 +77,8 @@ def test_config_file_values_are_converted_like_flags(tmp_path):
         ("batch_size: 6.5\n", "field batch_size: expected a whole number, got 6.5"),
         ("batch_size: [64]\n", "field batch_size: expected a whole number, got [64]"),
         ('decay_steps: "30,x"\n', "field decay_steps: expected numbers separated by commas, e.g. 30,60,80, got '30,x'"),
-        ("augment: flp\n", "field augment: expected one of cifar, pad_crop, scale, inception, none, got 'flp'"),
+        ("augment: flp\n", "field augment: expected one of cifar, pad_crop, scale, inception, flip_scale, flip, "
+         "none, got 'flp'; did you mean flip?"),
         ("model: null\n", "field model: expected a value, got null (this setting cannot be left unset)"),
         ("epoch: 3\n", "field epoch: unknown setting; did you mean epochs?"),
         ("learning_rate: 0.1\nnum_epochs: 3\n", "field learning_rate: unknown setting; did you mean lr?; "
@@ -132,7 +133,7 @@ def test_an_unknown_flag_suggests_the_field(capsys):
         (["--data", "imagenet"], "--data imagenet: unknown data spec; valid forms: tfds:NAME, tfrecord:DIR"),
         (["--data", "folder"], "did you mean folder:DIR?"),
         (["--profile-steps", "5,2"], "--profile-steps 5,2: expected A,B with 1 <= A <= B"),
-        (["--augment", "flip"], "argument --augment: expected one of cifar, pad_crop, scale, inception, none"),
+        (["--augment", "flip"], "--augment flip: detection's; classification takes cifar, pad_crop, scale, inception"),
         (["--schedule", "cosin"], "--schedule: expected one of step, cosine, got 'cosin'; did you mean cosine?"),
         (["--model", "resnet21"], "--model resnet21: did you mean resnet20 or resnet18? Unknown model 'resnet21'"),
         (["--model", "resnt56"], "--model resnt56: did you mean resnet56"),

@@ -112,6 +112,29 @@ def test_training_batches_move_the_boxes_with_flips_and_scales():
     assert flipped and scaled, (flipped, scaled)
 
 
+def test_augment_none_and_flip_keep_the_scale_and_none_keeps_the_boxes():
+    source = open_source("shapes:8", SIZE, seed=3)
+    table = source.table("train", source.max_boxes("train"))
+    flipped = 0
+    for augment in ("none", "flip"):
+        for epoch in range(2):
+            data = pipeline.dataset(table, training=True, batch_size=8, image_size=SIZE, mean=MEAN, epoch=epoch,
+                                    augment=augment)  # fmt: skip
+            batch = next(iter(data))
+            assert (batch["image_size"].numpy() == SIZE).all()  # no scale jitter
+            rows = batch["seeds"].numpy()[:, 1]
+            for i, row in enumerate(rows):
+                n = table["num_boxes"][row]
+                original = table["boxes"][row][:n] * SIZE
+                boxes = batch["gt_boxes"].numpy()[i][:n]
+                same = np.allclose(boxes, original, atol=1e-3)
+                assert same or augment == "flip", (augment, boxes, original)
+                flipped += not same
+    assert flipped  # "flip" flipped some
+    with pytest.raises(ValueError, match="expected flip_scale, flip or none"):
+        pipeline.dataset(table, training=True, batch_size=8, image_size=SIZE, mean=MEAN, augment="cifar")
+
+
 def test_an_epoch_is_the_same_images_whatever_the_replica_split():
     source = open_source("shapes:8", SIZE)
     table = source.table("train")
@@ -146,6 +169,10 @@ def test_detection_settings_are_refused_before_anything_runs(tmp_path):
         validate(config_for(tmp_path, data="folder:/tmp"))
     with pytest.raises(ConfigError, match="--detector"):
         validate(config_for(tmp_path, detector="yolo"))
+    with pytest.raises(ConfigError, match="--augment cifar: a classification augmentation; detection takes"):
+        validate(config_for(tmp_path, augment="cifar"))
+    with pytest.raises(ConfigError, match="--augment flip_scale: detection's; classification takes"):
+        validate(Config(**{**recipes.CIFAR10, "augment": "flip_scale"}))
     from trainers.data.errors import DataError
 
     with pytest.raises(DataError, match="shapes:N"):

@@ -114,6 +114,22 @@ def test_per_pixel_mean_samples_every_class(tmp_path, monkeypatch):
 # -- resume and rerun ---------------------------------------------------------------------------------
 
 
+def test_a_diverged_run_stops_naming_the_step_and_saves_no_nan_weights(tmp_path):
+    """Two steps at lr 0.01, then 1e12 sends the weights to NaN/inf: the loop stops at the end of the device
+    loop that did it, says what to change, and saves nothing after the last finite checkpoint (step 2)."""
+    config = tiny(tmp_path, steps=12, lr=1e12, warmup_lr=0.01, warmup_lr_steps=2, decay_at=None, steps_per_loop=2,
+                  checkpoint_steps=2)  # fmt: skip
+    with pytest.raises(loop.Diverged, match=r"training diverged by step (4|6): .* Lower --lr \(now 1e\+12") as error:
+        loop.Loop(config).fit()
+    assert "the last checkpoint, " in str(error.value) and "-2, is from before it" in str(error.value)
+    saved = tf.train.latest_checkpoint(config.model_dir + "/checkpoints")
+    assert saved.endswith("-2")
+    for name, _ in tf.train.list_variables(saved):
+        value = tf.train.load_variable(saved, name)
+        if np.issubdtype(np.asarray(value).dtype, np.floating):
+            assert np.isfinite(value).all(), name
+
+
 def test_a_crash_in_the_epoch_end_evaluation_is_redone_on_resume(tmp_path):
     steps = 2 * STEPS_PER_EPOCH
     reference = loop.Loop(tiny(tmp_path, "reference", steps=steps)).fit()

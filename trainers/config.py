@@ -109,7 +109,8 @@ HELP = {
     "(e.g. 0.1) for validation; 0: the data's own validation split",
     "image_size": "training crop side in pixels",
     "augment": "cifar (4-px pad, crop, flip), pad_crop (no flip), scale (shorter side 256-480, crop, flip), "
-    "inception (area/aspect crop, flip) or none",
+    "inception (area/aspect crop, flip) or none; detection: flip_scale (flips, shorter side x0.8-1.2), flip "
+    "or none",
     "mean": "per_pixel (training-set mean image), rgb (ImageNet means) or none",
     "num_classes": "classes",
     "num_examples": "record counts when no count file exists, e.g. train=1281167,validation=50000",
@@ -193,7 +194,7 @@ CHOICES = {
     "task": ("classification", "detection"),
     "detector": ("frcnn-c4", "frcnn-fpn"),
     "variant": ("v1", "v1.5", "v2"),
-    "augment": ("cifar", "pad_crop", "scale", "inception", "none"),
+    "augment": ("cifar", "pad_crop", "scale", "inception", "flip_scale", "flip", "none"),
     "mean": ("per_pixel", "rgb", "none"),
     "schedule": ("step", "cosine"),
     "precision": ("auto", "fp32", "bf16", "fp16"),
@@ -711,6 +712,7 @@ def validate(config):
     _validate_data_service(config)
     _validate_cluster(config)
     _validate_data(config)
+    _validate_augment(config)
     if config.profile_steps:
         _validate_profile_steps(config.profile_steps)
     _validate_model(config)
@@ -832,6 +834,24 @@ def _validate_cluster(config):
             f"{replicas} replicas: use a multiple of {replicas}, e.g. --batch-size "
             f"{max(replicas, config.batch_size // replicas * replicas)}",
             "batch_size",
+        )
+
+
+DETECTION_AUGMENT = ("flip_scale", "flip", "none")  # the boxes move with the pixels: no crops
+
+
+def _validate_augment(config):
+    detection = config.task == "detection"
+    if detection and config.augment not in DETECTION_AUGMENT:
+        raise ConfigError(
+            f"--augment {config.augment}: a classification augmentation; detection takes flip_scale (flips and "
+            "shorter side x0.8-1.2), flip or none",
+            "augment",
+        )
+    if not detection and config.augment in DETECTION_AUGMENT[:2]:
+        raise ConfigError(
+            f"--augment {config.augment}: detection's; classification takes cifar, pad_crop, scale, inception or none",
+            "augment",
         )
 
 

@@ -45,6 +45,20 @@ class Interrupted(Exception):
         )
 
 
+class Diverged(ValueError):
+    """The weights are no longer finite (a NaN or infinite update): training stops before saving them, so
+    the last checkpoint is the last finite state. A ValueError: the command line prints it as an error."""
+
+    def __init__(self, step, checkpoint, config):
+        where = f"the last checkpoint, {checkpoint}, is from before it" if checkpoint else "no checkpoint was saved"
+        super().__init__(
+            f"training diverged by step {step}: the weights are NaN or infinite ({where}). Lower --lr "
+            f"(now {config.lr:g} at batch {config.lr_batch}), warm up with --warmup-epochs, or train in "
+            f"--precision fp32 (now {config.precision}); a rerun resumes from the last checkpoint, with the new "
+            "settings only under a new --model-dir."
+        )
+
+
 class LostWorker(RuntimeError):
     """Another worker of a multi-worker run is gone (killed, crashed, its machine lost): this one stops too,
     naming it. Exit status 75 (EX_TEMPFAIL): rerunning every worker resumes from the last checkpoint."""
@@ -157,6 +171,7 @@ class Loop:
         self.manager = tf.train.CheckpointManager(self.checkpoint, own_dir, max_to_keep=config.keep_checkpoints)
         self._train_loop = self._make_train_loop()
         self._eval_loop = self._make_eval_loop()
+        self._weights_finite = self._make_finite_check()
         self._agree = self._make_agreement()
         self.timings = []  # (step, images, seconds) per device loop: what the benchmark reads
         self._signal = None
@@ -211,6 +226,15 @@ class Loop:
             return done
 
         return train_loop
+
+    def _make_finite_check(self):
+        variables = self.model.trainable_variables
+
+        @tf.function
+        def weights_finite():
+            return tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in variables])
+
+        return weights_finite
 
     def _make_eval_loop(self):
         width = len(self.task.metric_names) + 1
@@ -436,6 +460,8 @@ class Loop:
             previous, step = step, int(self.step.numpy())
             if self.profile and previous < self.profile[-1] <= step:
                 tf.profiler.experimental.stop()
+            if not bool(self._weights_finite()):
+                raise Diverged(step, self.manager.latest_checkpoint, config)  # before anything saves them
             done += ran
             images = int(sums[-1] - counted)
             counted = sums[-1]

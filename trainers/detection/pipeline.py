@@ -34,6 +34,7 @@ def dataset(
     epoch=0,
     skip_batches=0,
     input_context=None,
+    augment="flip_scale",
     scale_range=SCALE_RANGE,
 ):
     """tf.data of batches of dicts. `batch_size` is the global batch; with `input_context` each pipeline
@@ -43,8 +44,11 @@ def dataset(
     image_size int32 [b, 2] (the content's height, width); gt_boxes float32 [b, M, 4] yxyx in pixels of the
     resized image; gt_classes int32 [b, M] (-1: padding, and difficult objects when training); seeds int32
     [b, 2]. Evaluation adds the annotation: boxes (normalised), classes, difficult, num_boxes, height,
-    width, image_id.
+    width, image_id. `augment` (training only): flip_scale (random flips, shorter side `scale_range` times
+    `image_size`), flip, or none.
     """
+    if augment not in ("flip_scale", "flip", "none"):
+        raise ValueError(f"augment {augment!r}: expected flip_scale, flip or none")
     n = len(table["boxes"])
     order = (
         np.random.default_rng(derive_seed(seed, "detection-order", epoch)).permutation(n) if training else np.arange(n)
@@ -73,12 +77,14 @@ def dataset(
         seeds = tf.stack([tf.constant(epoch_seed, tf.int32), row["row"]])
         boxes, classes = row["boxes"], row["classes"]
         side = tf.constant(float(image_size))
-        if training:
+        if training and augment != "none":
             flip = tf.random.stateless_uniform([], seed=seeds) < 0.5
             image = tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image)
             boxes = tf.where(flip, box_ops.flip_left_right(boxes), boxes)
+        if training and augment == "flip_scale":
             low, high = scale_range
             side = side * tf.random.stateless_uniform([], seed=seeds + [0, 1], minval=low, maxval=high)
+        if training:
             classes = tf.where(row["difficult"], -1, classes)  # Detectron trains without difficult objects
         pixels, hw = preprocessing.detection_pixels(image, side, longest, canvas, mean)
         scale = tf.cast(tf.concat([hw, hw], 0), tf.float32)

@@ -86,9 +86,12 @@ class DetectionTask(Task):
         for split in ("train", "validation"):
             lines += self.source.describe(split)
         canvas = preprocessing.detection_canvas(c.image_size)
+        low, high = pipeline.SCALE_RANGE
+        training = {"flip_scale": f"training x{low:g}-{high:g}, flipped", "flip": "training flipped",
+                    "none": "training not augmented"}[c.augment]  # fmt: skip
         lines.append(
-            f"images: shorter side {c.image_size} (training x{pipeline.SCALE_RANGE[0]:g}-{pipeline.SCALE_RANGE[1]:g}, "
-            f"flipped), longer at most {preprocessing.detection_longest(c.image_size)}, padded to {canvas} x {canvas}"
+            f"images: shorter side {c.image_size} ({training}), longer at most "
+            f"{preprocessing.detection_longest(c.image_size)}, padded to {canvas} x {canvas}"
         )
         return lines
 
@@ -124,6 +127,7 @@ class DetectionTask(Task):
             epoch=epoch,
             skip_batches=skip_batches,
             input_context=input_context,
+            augment=self.config.augment,
         )
 
     def train_loss(self, model, batch):
