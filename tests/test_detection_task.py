@@ -51,7 +51,8 @@ def config_for(tmp_path, detector="frcnn-c4", **overrides):
 
 
 class TinyDetection(DetectionTask):
-    """The detection task on a 4-stage resnet18-shaped backbone of 8-64 filters: the same code, a CPU's budget."""
+    """The detection task on a 4-stage resnet18-shaped backbone of 16-128 filters: the same code, a CPU's budget.
+    (8-64 filters learned the shapes too slowly for a test.)"""
 
     def build_model(self, num_classes=None):
         import keras
@@ -63,7 +64,7 @@ class TinyDetection(DetectionTask):
         keras.utils.set_random_seed(self.config.seed)
         spec = dataclasses.replace(
             keras_resnet.get_spec("resnet18"), name="tiny", stackwise_num_blocks=(1, 1, 1, 1),
-            stackwise_num_filters=(8, 16, 32, 64),
+            stackwise_num_filters=(16, 32, 64, 128),
         )  # fmt: skip
         backbone = build_model(spec, include_top=False, input_shape=(None, None, 3))
         small = dict(rpn_batch=64, rpn_pre_nms_train=300, rpn_post_nms_train=64, rpn_pre_nms_test=300,
@@ -179,19 +180,34 @@ def test_detection_settings_are_refused_before_anything_runs(tmp_path):
         open_source("shapes:none", SIZE)
 
 
-# -- training and evaluation ---------------------------------------------------------------------------------
-
-
-# -- export --------------------------------------------------------------------------------------------------
+# -- learning, evaluation and export ------------------------------------------------------------------------
 
 
 @pytest.mark.slow
-def test_the_export_serves_what_the_keras_model_detects(tmp_path):
-    config = config_for(tmp_path, steps=2, export=True, export_dir=str(tmp_path / "saved"), export_name="shapes")
+def test_the_fpn_detector_learns_the_shapes_it_sees_and_its_export_serves_it(tmp_path):
+    """Trained through trainers.train on 12 generated images, not augmented (it is scored on exactly what it
+    saw): mAP@0.5 >= 0.9 on them. Measured: 1.0 in two runs at 300 steps; 200 gave 0.88-1.0 from run to run
+    (the float sums' order is not fixed on a CPU). The C4 form does not get there yet within a test's
+    budget (0.43-0.92 at 300-400 steps): its export is checked below after 2 steps."""
+    config = config_for(tmp_path, "frcnn-fpn", augment="none", steps=300, lr=0.005, warmup_epochs=10.0,
+                        steps_per_loop=30, log_steps=30, export=True, export_dir=str(tmp_path / "saved"),
+                        export_name="shapes")  # fmt: skip
     result = trainers.train(config, task=TinyDetection(config))
+    assert result["validation"]["mAP50"] >= 0.9, result["validation"]
+    check_export(tmp_path, config, result)
+
+
+@pytest.mark.slow
+def test_the_c4_export_serves_what_the_keras_model_detects(tmp_path):
+    config = config_for(tmp_path, steps=2, export=True, export_dir=str(tmp_path / "saved"), export_name="shapes")
+    check_export(tmp_path, config, trainers.train(config, task=TinyDetection(config)))
+
+
+def check_export(tmp_path, config, result):
+    """The run's SavedModel serves what the Keras model detects, through both signatures."""
     path = result["saved_model"]  # the task's export: its own model
     assert path == str(tmp_path / "saved" / "shapes" / "1")
-    picture = tmp_path / "frcnn-c4" / "detections.png"
+    picture = tmp_path / config.detector / "detections.png"
     assert picture.is_file() and picture.stat().st_size > 1000
     # python -m trainers.evaluate's path gives the loop's numbers from the checkpoint.
     from trainers.evaluate import evaluate
@@ -210,7 +226,7 @@ def test_the_export_serves_what_the_keras_model_detects(tmp_path):
         assert name in cli.stdout, name
 
     loaded = tf.saved_model.load(path)
-    source = open_source("shapes:12", SIZE)
+    source = open_source("shapes:12", config.image_size)
     images = np.stack([image for image, _, _ in source.images[:3]]).astype(np.float32)
     served = {k: v.numpy() for k, v in loaded.signatures["serving_default"](images=tf.constant(images)).items()}
     from_bytes = loaded.signatures["serve_image_bytes"](image_bytes=tf.constant([source.encoded[i] for i in range(3)]))
@@ -232,7 +248,7 @@ def test_the_export_serves_what_the_keras_model_detects(tmp_path):
     with pytest.raises(tf.errors.InvalidArgumentError, match="image_bytes\\[1\\] is not a JPEG"):
         loaded.signatures["serve_image_bytes"](image_bytes=tf.constant([source.encoded[0], b"not an image"]))
     info = json.loads((tmp_path / "saved" / "shapes" / "1" / "assets.extra" / "export_info.json").read_text())
-    assert info["detector"] == "frcnn-c4" and info["class_names"] == list(shapes.CLASSES)
+    assert info["detector"] == config.detector and info["class_names"] == list(shapes.CLASSES)
 
 
 def task_model(config):
