@@ -79,6 +79,13 @@ _PEER_ERRORS = (
 _TASK = re.compile(r"/job:(\w+)/replica:\d+/task:(\d+)")
 
 
+def untracked_weights(model):
+    """Paths of `model`'s weights that tf.train.Checkpoint would not save: Keras trains the layers a
+    model keeps in a plain list, but TensorFlow's checkpoint dependency graph does not reach them."""
+    tracked = {id(t) for t in tf.train.TrackableView(model).descendants()}
+    return [w.path for w in model.weights if id(w) not in tracked]
+
+
 def resolve_precision(name, device=None):
     """`auto` -> the precision `device` ("CPU", "GPU", "TPU") computes fastest (trainers.hardware decides)."""
     return hardware.auto_precision(device) if name == "auto" else name
@@ -153,6 +160,13 @@ class Loop:
             self.epoch_totals = tf.Variable(tf.zeros(width, tf.float64), trainable=False, name="epoch_totals")
         self.decayed = decayed(self.model, config)
         self.moving_statistics = replicas.moving_statistics(self.model)
+        unsaved = untracked_weights(self.model)
+        if unsaved:
+            raise ValueError(
+                f"{self.model.name}: {len(unsaved)} weights would be trained but never checkpointed "
+                f"({', '.join(unsaved[:3])}{', ...' if len(unsaved) > 3 else ''}): hold each layer in an "
+                "attribute of its own, not in a list or dict, so a resume or an export finds its weights."
+            )
         self.checkpoint = tf.train.Checkpoint(
             model=self.model,
             optimizer=self.optimizer,

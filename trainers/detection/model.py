@@ -121,7 +121,10 @@ class FasterRCNN(keras.Model):
         return logits, deltas
 
     def _heads(self, width, anchors_per_place, hidden_layers):
-        """The RPN's conv and 1x1 outputs, and the K + 1 classifier and class-specific regressors."""
+        """The RPN's conv and 1x1 outputs, and the K + 1 classifier and class-specific regressors.
+
+        Layers are attributes of their own, never held in a list: Keras trains the layers of a list, but
+        TensorFlow's checkpoint does not save them (an FPN run lost its pyramid and box head that way)."""
         self.rpn_conv = keras.layers.Conv2D(
             width, 3, padding="same", activation="relu", kernel_initializer=_normal(0.01), name="rpn_conv"
         )
@@ -131,7 +134,9 @@ class FasterRCNN(keras.Model):
         self.rpn_deltas = keras.layers.Conv2D(
             4 * anchors_per_place, 1, kernel_initializer=_normal(0.01), name="rpn_deltas"
         )
-        self.head_layers = hidden_layers
+        self.head_depth = len(hidden_layers)
+        for i, layer in enumerate(hidden_layers):
+            setattr(self, f"head_fc{i + 1}", layer)
         self.class_logits = keras.layers.Dense(
             self.num_classes + 1, kernel_initializer=_normal(0.01), name="class_logits"
         )
@@ -304,14 +309,14 @@ class FasterRCNNFPN(FasterRCNN):
             backbone.input, [features[f"C{level}"] for level in self.LEVELS], name="body"
         )  # stem .. conv5_x
         width = c.fpn_channels
-        self.lateral = [
-            keras.layers.Conv2D(width, 1, kernel_initializer="he_uniform", name=f"fpn_lateral{level}")
-            for level in self.LEVELS
-        ]
-        self.output_convs = [
-            keras.layers.Conv2D(width, 3, padding="same", kernel_initializer="he_uniform", name=f"fpn_output{level}")
-            for level in self.LEVELS
-        ]
+        for level in self.LEVELS:
+            lateral = keras.layers.Conv2D(width, 1, kernel_initializer="he_uniform", name=f"fpn_lateral{level}")
+            setattr(self, f"fpn_lateral{level}", lateral)
+        for level in self.LEVELS:
+            output = keras.layers.Conv2D(
+                width, 3, padding="same", kernel_initializer="he_uniform", name=f"fpn_output{level}"
+            )
+            setattr(self, f"fpn_output{level}", output)
         hidden = [
             keras.layers.Dense(c.head_dim, activation="relu", kernel_initializer="he_uniform", name="head_fc1"),
             keras.layers.Dense(c.head_dim, activation="relu", kernel_initializer="he_uniform", name="head_fc2"),
@@ -321,13 +326,15 @@ class FasterRCNNFPN(FasterRCNN):
     def pyramid(self, images, training=False):
         """{level: P_level} for levels 2-6, stride 2**level."""
         stages = self.body(images, training=self._bn_training(training))
-        laterals = [conv(stage) for conv, stage in zip(self.lateral, stages, strict=True)]
+        laterals = [
+            getattr(self, f"fpn_lateral{level}")(stage) for level, stage in zip(self.LEVELS, stages, strict=True)
+        ]
         merged = [laterals[-1]]
         for lateral in reversed(laterals[:-1]):
             shape = tf.shape(lateral)
             up = tf.repeat(tf.repeat(merged[0], 2, axis=1), 2, axis=2)[:, : shape[1], : shape[2], :]  # nearest
             merged.insert(0, lateral + up)
-        levels = {level: conv(m) for level, conv, m in zip(self.LEVELS, self.output_convs, merged, strict=True)}
+        levels = {level: getattr(self, f"fpn_output{level}")(m) for level, m in zip(self.LEVELS, merged, strict=True)}
         levels[6] = levels[5][:, ::2, ::2, :]  # max-pool 1x1 stride 2 (Detectron's "subsample")
         return levels
 
@@ -354,8 +361,8 @@ class FasterRCNNFPN(FasterRCNN):
         crops = multilevel_roi_align(levels, rois, c.roi_size, c.sampling_ratio)
         shape = tf.shape(crops)
         hidden = tf.reshape(crops, [shape[0] * shape[1], c.roi_size * c.roi_size * c.fpn_channels])
-        for layer in self.head_layers:
-            hidden = layer(hidden)
+        for i in range(self.head_depth):
+            hidden = getattr(self, f"head_fc{i + 1}")(hidden)
         return self._predict(hidden, shape[0], shape[1])
 
 
