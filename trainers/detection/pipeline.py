@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainers import preprocessing
+from trainers.config import DETECTION_AUGMENT
 from trainers.data.pipeline import derive_seed
 from trainers.detection import boxes as box_ops
 
@@ -47,7 +48,7 @@ def dataset(
     width, image_id. `augment` (training only): flip_scale (random flips, shorter side `scale_range` times
     `image_size`), flip, or none.
     """
-    if augment not in ("flip_scale", "flip", "none"):
+    if augment not in DETECTION_AUGMENT:
         raise ValueError(f"augment {augment!r}: expected flip_scale, flip or none")
     n = len(table["boxes"])
     order = (
