@@ -304,6 +304,30 @@ def test_a_task_defined_outside_trains_through_the_public_api(tmp_path):
     assert saved["validation"]["squared_error"] == pytest.approx(result["validation"]["squared_error"])
 
 
+class Listed(keras.Model):
+    """Two Dense layers in a plain list: Keras trains them, tf.train.Checkpoint would not save them."""
+
+    def __init__(self):
+        super().__init__(name="listed")
+        self.blocks = [keras.layers.Dense(1, use_bias=False, name=f"w{i}") for i in range(2)]
+
+    def call(self, x, training=False):
+        return self.blocks[0](x) + self.blocks[1](x)
+
+
+class ListedRegression(Regression):
+    def build_model(self):
+        model = Listed()
+        model(np.zeros((1, 4), np.float32))
+        return model
+
+
+def test_a_model_whose_weights_a_checkpoint_would_not_save_is_refused(tmp_path):
+    config = tiny(tmp_path, "listed", batch_size=32, lr_batch=32, steps=4)
+    with pytest.raises(ValueError, match=r"listed: 2 weights would be trained but never checkpointed \(.*w0"):
+        loop.Loop(config, task=ListedRegression(config))
+
+
 # -- what a run says ----------------------------------------------------------------------------------
 
 
