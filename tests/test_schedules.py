@@ -48,13 +48,15 @@ def test_explicit_boundaries_replace_the_recipes():
     assert schedules.boundaries_of(imagenet, 100, 4500) == [1500, 3000, 4000]
 
 
-@pytest.mark.parametrize("name", ["resnet110", "ResNet-110", "resnet_110", "RESNET1202"])
-def test_the_resnet110_warmup_follows_the_network_not_the_spelling(name):
+@pytest.mark.parametrize(
+    "name", ["resnet110", "ResNet-110", "resnet_110", "RESNET1202", "resnet56", "plain56", "plain110"]
+)
+def test_the_deep_cifar_warmup_follows_the_network_not_the_spelling(name):
     config, _, _, schedule = cifar("--model", name)
     assert schedule.constant_lr == pytest.approx(0.01) and schedule.constant_steps == 400
     assert float(schedule(0)) == pytest.approx(0.01) and float(schedule(400)) == pytest.approx(0.1)
 
 
-@pytest.mark.parametrize("name", ["resnet56", "plain110"])
+@pytest.mark.parametrize("name", ["resnet20", "plain44", "resnet44"])
 def test_no_warmup_for_other_networks(name):
     assert cifar("--model", name)[3].constant_steps == 0

@@ -175,7 +175,7 @@ UNSET = {
     "decay_epochs": "none",
     "decay_at": "none",
     "warmup_epochs": "auto: 5 when --batch-size > --lr-batch, else 0",
-    "warmup_lr": "auto: 0.01 at --lr-batch for resnet110 and resnet1202, else none",
+    "warmup_lr": "auto: 0.01 at --lr-batch for the CIFAR nets of 56 layers and more (plain too), else none",
     "gpus": "every GPU found, else the CPU",
     "cpu_replicas": "none",
     "cluster": "none: TF_CONFIG if set, else this machine",

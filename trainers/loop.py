@@ -486,6 +486,10 @@ class Loop:
             values = self.task.summarize(sums)
             if progress:
                 progress.update(done, {**{k: values[k] for k in self.task.metric_names[:2]}, "img/s": rate})
+            if self.chief and not config.progress and config.log_steps and step % config.log_steps == 0:
+                # No bar (a log file, a batch job): a line per --log-steps, so a long epoch shows its progress.
+                shown = ", ".join(f"{k} {values[k]:.4f}" for k in self.task.metric_names[:2])
+                log.info("step %d/%d: %s (this epoch), %.0f img/s", step, self.total_steps, shown, rate)
             if self.board and (step % config.log_steps == 0 or done >= remaining or ran < n):
                 scalars = {k: values[k] for k in self.task.metric_names}
                 scalars.update(learning_rate=float(self.schedule(max(step - 1, 0))), images_per_second=rate)

@@ -401,9 +401,15 @@ def _report_detection(args, out, rows, flags):
 
 
 def main(argv=None):
+    from trainers.loop import Interrupted
+
     args, flags = parser().parse_known_args(argv)
     try:
         return run_study(args, flags)
+    except Interrupted as stop:  # the run saved its checkpoint; the finished runs are already on disk
+        print(f"\nInterrupted ({stop.signal_name}) in {stop.model_dir} at step {stop.step}: rerun the same command "
+              "to resume the study.")  # fmt: skip
+        return stop.exit_code
     except ValueError as error:  # trainers.data.DataError is one
         print(f"error: {error}", file=sys.stderr)
         return 2
