@@ -215,6 +215,8 @@ def test_tensorboard_serves_the_run_scalars(tmp_path):
     args += ["--image-size", "16"]
     result = train(tmp_path, *args)
     assert "val_top1" in result.stderr  # the 10-crop evaluation ran
+    # No bar (--no-progress): a text line per --log-steps, which is what a log file of a long run shows.
+    assert re.findall(r"INFO step (\d)/4: loss [\d.]+, top1 [\d.]+ \(this epoch\)", result.stderr) == list("1234")
     assert list((model_dir / "logs" / "train" / "plugins" / "profile").glob("*/*.xplane.pb"))
     port = _free_port()
     board = subprocess.Popen(
