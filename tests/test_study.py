@@ -48,10 +48,11 @@ def test_a_degradation_study_reports_every_run_and_resumes(tmp_path, monkeypatch
     table = (out / "study.md").read_text()
     for name in ("plain8", "resnet8", "plain14", "resnet14"):
         assert f"| {name} |" in table
-    assert "paper error %" in table
+    assert "paper error %" in table and "| warm-up |" in table
     rows = list(csv.DictReader((out / "study.csv").open()))
     assert [r["net"] for r in rows] == ["plain8", "resnet8", "plain14", "resnet14"]
     assert all(0 <= float(r["final_val_error"]) <= 1 for r in rows)
+    assert {r["warmup"] for r in rows} == {"none"}  # 8 and 14 layers: the recipe's lr from the first step
     picture = Image.open(out / "figure.png")
     assert picture.size == (1440, 440)  # two panels: plain nets, ResNets
     saved = json.loads((out / "study.json").read_text())
@@ -82,3 +83,18 @@ def test_study_plans_and_bad_flags():
     assert study.main(["degradation", "--depths", "twenty"]) == 2
     assert study.main(["degradation", "--depths", "8", "--only", "resnet99", "--data", "synthetic"]) == 2
     assert np.isnan(study._mean_std([])[0])
+
+
+def test_the_table_names_each_runs_warmup():
+    from trainers import config as config_lib
+    from trainers import recipes
+
+    def warmup(recipe, *argv):
+        return study._warmup(config_lib.resolve(recipe, list(argv)))
+
+    assert warmup(recipes.CIFAR10, "--model", "resnet20") == "none"
+    assert warmup(recipes.CIFAR10, "--model", "plain56") == "lr 0.01 for 400 steps"
+    assert warmup(recipes.IMAGENET, "--batch-size", "1024") == "linear over 5 epochs"
+    assert warmup(recipes.CIFAR10, "--model", "resnet110", "--warmup-epochs", "0.5") == (
+        "lr 0.01 for 400 steps, linear over 0.5 epochs"
+    )

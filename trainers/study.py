@@ -210,9 +210,22 @@ def _row(study, name, seed, config, result, seconds, task):
         "best_val_error": min(val.values(), default=math.nan),
         "seconds": seconds,
         "steps": result["step"],
+        "warmup": _warmup(config),
         "model_dir": config.model_dir,
         "curves": {"train_error": train, "val_error": val},
     }
+
+
+def _warmup(config):
+    """The run's warm-up in words: the table says which nets started below the recipe's lr."""
+    from trainers import schedules
+
+    per_epoch = 1000  # the linear warm-up is in epochs, the constant one in steps: neither needs the real count
+    schedule = schedules.from_config(config, steps_per_epoch=per_epoch, total_steps=per_epoch)
+    parts = [f"lr {schedule.constant_lr:g} for {schedule.constant_steps} steps"] if schedule.constant_steps else []
+    if schedule.warmup_steps:
+        parts.append(f"linear over {schedule.warmup_steps / per_epoch:g} epochs")
+    return ", ".join(parts) or "none"
 
 
 def _mean_std(values):
@@ -261,7 +274,7 @@ def _report(args, out, rows, flags):
 
     summary = summarize(rows)
     header = ["net", "depth", "shortcut", "params", "FLOPs", "final train error %", "final val error %",
-              "best val error %", "paper error %", "training time"]  # fmt: skip
+              "best val error %", "paper error %", "warm-up", "training time"]  # fmt: skip
     table, lines = [], []
     for r in summary:
         paper = _paper(args, r)
@@ -270,7 +283,7 @@ def _report(args, out, rows, flags):
             _percent(r["final_train_error"], r["final_train_error_std"], r["seeds"]),
             _percent(r["final_val_error"], r["final_val_error_std"], r["seeds"]),
             _percent(r["best_val_error"], r["best_val_error_std"], r["seeds"]),
-            "—" if paper is None else f"{paper:.2f}", f"{r['seconds'] / 60:.0f} min",
+            "—" if paper is None else f"{paper:.2f}", r.get("warmup", "—"), f"{r['seconds'] / 60:.0f} min",
         ])  # fmt: skip
     lines += [f"# {args.study.title()} study ({args.family})", "",
               f"{len(summary)} nets, seeds {args.seeds}, {summary[0]['steps']} steps each; trainer flags: "
@@ -285,11 +298,11 @@ def _report(args, out, rows, flags):
     with open(os.path.join(out, "study.csv"), "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["net", "depth", "shortcut", "params", "flops", "final_train_error", "final_val_error",
-                         "best_val_error", "paper_error", "seconds", "seeds"])  # fmt: skip
+                         "best_val_error", "paper_error", "warmup", "seconds", "seeds"])  # fmt: skip
         for r in summary:
             writer.writerow([r["name"], r["depth"], r["shortcut"], r["params"], r["flops"], r["final_train_error"],
-                             r["final_val_error"], r["best_val_error"], _paper(args, r), r["seconds"],
-                             " ".join(map(str, r["seeds"]))])  # fmt: skip
+                             r["final_val_error"], r["best_val_error"], _paper(args, r), r.get("warmup", ""),
+                             r["seconds"], " ".join(map(str, r["seeds"]))])  # fmt: skip
     with open(os.path.join(out, "study.json"), "w", encoding="utf-8") as f:
         json.dump({"study": args.study, "family": args.family, "flags": flags, "runs": rows}, f, indent=2)
     _figure(args, summary, os.path.join(out, figure), curves)
