@@ -401,7 +401,13 @@ class _Serving:
         from trainers import preprocessing
 
         x = preprocessing.network_input(pixels, self._convention, self._mean, self._std)
-        y = tf.cast(self.model(x, training=False), tf.float32)
+        # oneDNN's convolution (TensorFlow's default on CPUs with AVX512-VNNI/BF16) returns its input's shape
+        # for a batch of 0, and the next layer fails: an empty request skips the network.
+        y = tf.cond(
+            tf.shape(x)[0] > 0,
+            lambda: tf.cast(self.model(x, training=False), tf.float32),
+            lambda: tf.zeros([0, int(self.model.output_shape[-1])], tf.float32),
+        )
         probabilities = tf.nn.softmax(y, axis=-1) if self._logits else y
         top_probabilities, top_ids = tf.math.top_k(probabilities, k=self._k)
         outputs = {
