@@ -268,8 +268,8 @@ class Regression(Task):
         return 256
 
     def build_model(self):
-        inputs = keras.Input((4,), name="x")
-        return keras.Model(inputs, keras.layers.Dense(1, use_bias=False, name="w")(inputs))
+        inputs = keras.Input((4,), name="x")  # a float32 output, as Task.build_model asks (bf16 where auto picks it)
+        return keras.Model(inputs, keras.layers.Dense(1, use_bias=False, dtype="float32", name="w")(inputs))
 
     def dataset(self, split, *, epoch=0, skip_batches=0, input_context=None):
         x = np.random.default_rng(epoch if split == "train" else 99).normal(size=(256, 4)).astype(np.float32)
@@ -302,6 +302,24 @@ def test_a_task_defined_outside_trains_through_the_public_api(tmp_path):
     assert checkpoint_step(config.model_dir) == 64
     saved = json.loads((tmp_path / "toy" / "result.json").read_text())
     assert saved["validation"]["squared_error"] == pytest.approx(result["validation"]["squared_error"])
+
+
+class LowPrecisionRegression(Regression):
+    def build_model(self):
+        inputs = keras.Input((4,), name="x")
+        return keras.Model(inputs, keras.layers.Dense(1, use_bias=False, name="w")(inputs), name="toy")
+
+
+def test_a_model_with_bf16_outputs_is_named_before_its_loss_fails_on_the_dtype(tmp_path, caplog):
+    config = tiny(tmp_path, "bf16", batch_size=32, lr_batch=32, steps=4, precision="bf16")
+    with caplog.at_level("WARNING", logger="trainers"):
+        loop.Loop(config, task=LowPrecisionRegression(config))
+    assert "--precision bf16: toy outputs" in caplog.text and "(bfloat16)" in caplog.text
+    assert 'dtype="float32"' in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="trainers"):
+        loop.Loop(config, task=Regression(config))
+    assert "outputs" not in caplog.text
 
 
 class Listed(keras.Model):

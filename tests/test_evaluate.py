@@ -66,6 +66,7 @@ def test_a_checkpoint_and_its_export_are_scored_like_a_direct_computation(tmp_pa
             batch_size=6,
             epochs=None,
             steps=4,
+            precision="fp32",  # evaluate scores in float32 (as the export serves): the loop's loss too, to 1e-5
             model_dir=str(tmp_path / "run"),
             export=True,
             export_dir=str(tmp_path / "saved"),

@@ -98,6 +98,22 @@ def decayed(model, config):
     return [v for v in model.trainable_variables if len(v.shape) > 1]
 
 
+def _warn_low_precision_outputs(model, config):
+    """A functional model's bf16/fp16 outputs, met by float32 labels in a task's loss, fail deep inside
+    TensorFlow ("Input 'y' of 'Sub' Op has type float32 that does not match type bfloat16"): say it first."""
+    low = [
+        f"{tensor.name} ({tensor.dtype})"
+        for tensor in getattr(model, "outputs", None) or []
+        if str(tensor.dtype) in ("bfloat16", "float16")
+    ]
+    if low:
+        log.warning(
+            "--precision %s: %s outputs %s; a loss that meets float32 labels fails on the dtype. Give the "
+            'output layer dtype="float32" (Keras\' mixed-precision guide), cast in the loss, or train with '
+            "--precision fp32.", config.precision, model.name, ", ".join(low),
+        )  # fmt: skip
+
+
 class Loop:
     """Trains `task` under `config`: set-up checks everything before writing a file into the run dir."""
 
@@ -158,6 +174,7 @@ class Loop:
             # The task's sums and the examples so far this epoch: a mid-epoch resume keeps them.
             width = len(self.task.metric_names) + 1
             self.epoch_totals = tf.Variable(tf.zeros(width, tf.float64), trainable=False, name="epoch_totals")
+        _warn_low_precision_outputs(self.model, config)
         self.decayed = decayed(self.model, config)
         self.moving_statistics = replicas.moving_statistics(self.model)
         unsaved = untracked_weights(self.model)

@@ -45,6 +45,9 @@ class Task:
 
     # -- the model and its steps (inside the strategy's scope / replica context) ---------------------
     def build_model(self):
+        """The Keras model, built under the run's precision policy: under --precision bf16/fp16 (auto picks bf16
+        on CPUs with AVX512-BF16) its layers compute in that dtype, so give the output layer dtype="float32"
+        (as Keras' mixed-precision guide does) or cast the outputs in the loss; the loop warns otherwise."""
         raise NotImplementedError
 
     def dataset(self, split, *, epoch=0, skip_batches=0, input_context=None):
