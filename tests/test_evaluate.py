@@ -91,8 +91,12 @@ def test_a_checkpoint_and_its_export_are_scored_like_a_direct_computation(tmp_pa
     images = np.stack([np.asarray(Image.open(p).convert("RGB"), np.float32) for p in files[0]])
     check(report, files[1], model(images - mean, training=False).numpy())
 
-    # The SavedModel through serve_image_bytes on all 24 files (the folder has no split: all of it).
-    served = evaluate_saved_model(final["saved_model"], f"folder:{data}", batch_size=5)
+    # The SavedModel through serve_image_bytes: by default on the 6 images its training held out, as the
+    # checkpoint was (no train/serve skew); with validation_split=0 on all 24 files, each recomputed here.
+    held = evaluate_saved_model(final["saved_model"], f"folder:{data}", batch_size=5)
+    assert (held["split"], held["validation_split"], held["examples"]) == ("validation", 6, 6)
+    assert held["confusion_matrix"] == report["confusion_matrix"] and held["top5"] == pytest.approx(report["top5"])
+    served = evaluate_saved_model(final["saved_model"], f"folder:{data}", batch_size=5, validation_split=0)
     assert served["signature"] == "serve_image_bytes" and served["split"] == "train" and served["examples"] == 24
     signature = tf.saved_model.load(final["saved_model"]).signatures["serve_image_bytes"]
     labels, scores = [], []
@@ -103,8 +107,11 @@ def test_a_checkpoint_and_its_export_are_scored_like_a_direct_computation(tmp_pa
     check(served, labels, np.array(scores))
 
     out = tmp_path / "report.json"
-    assert main(["--model", final["saved_model"], "--data", f"folder:{data}", "--output-json", str(out)]) == 0
+    args = ["--model", final["saved_model"], "--data", f"folder:{data}", "--output-json", str(out)]
+    assert main([*args, "--validation-split", "0"]) == 0
     assert json.loads(out.read_text())["confusion_matrix"] == served["confusion_matrix"]
+    assert main(args) == 0
+    assert json.loads(out.read_text())["confusion_matrix"] == held["confusion_matrix"]
     picture = Image.open(tmp_path / "report_confusion.png")
     assert picture.size[0] > 100 and picture.size[1] > 100
 

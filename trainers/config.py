@@ -397,7 +397,7 @@ def _to_str(value):
     raise _bad("text", value)
 
 
-def _to_count_or_fraction(value):
+def to_count_or_fraction(value):
     """validation_split: a count of examples (an int) or a fraction in (0, 1) (a float)."""
     expected = "a count of images (e.g. 5000) or a fraction in (0, 1) (e.g. 0.1)"
     try:
@@ -429,7 +429,7 @@ CONVERTERS = {
     float: _to_float,
     int: _to_int,
     str: _to_str,
-    "count_or_fraction": _to_count_or_fraction,
+    "count_or_fraction": to_count_or_fraction,
 }
 NONE_WORDS = ("none", "null", "auto", "")
 

@@ -9,7 +9,9 @@ confusion matrix; for detection VOC07 mAP@0.5 with per-class APs, the COCO table
 --model scores an exported classification SavedModel through its serving signature, on encoded image bytes
 where the data has them (`serve_image_bytes`, what TF Serving answers a client) and `serve_uint8`
 otherwise: a difference from the checkpoint's numbers is train/serve skew. `--data` evaluates on other
-data of the same kind (its validation split, or all of it when it has none). Writes --output-json (the
+data of the same kind: its validation split; for data without one (a folder of class folders), the part
+that the model's training held out (`--validation-split`, the same fixed split: on the folder the model
+trained from, only images it never saw), or all of it with `--validation-split 0`. Writes --output-json (the
 report) and a confusion-matrix PNG beside it (--confusion-png).
 """
 
@@ -24,6 +26,8 @@ import numpy as np
 
 
 def parser():
+    from trainers.config import to_count_or_fraction
+
     p = argparse.ArgumentParser(prog="python -m trainers.evaluate", description=__doc__.split("\n\n")[0])
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--model-dir", help="a trainer's --model-dir: its checkpoint")
@@ -32,6 +36,10 @@ def parser():
     p.add_argument("--checkpoint", default=None, help="with --model-dir: a checkpoint prefix (default: the latest)")
     p.add_argument("--data", default=None, help="evaluate on this --data (default: the run's; needed with --model)")
     p.add_argument("--batch-size", type=int, default=None, help="(default: the run's; 64 for --model)")
+    p.add_argument("--validation-split", default=None, metavar="N|FRACTION", type=to_count_or_fraction,
+                   help="with --model and a --data that has no validation split of its own: score the images this "
+                   "fixed split holds out (default: the split the model was trained with, so its own training "
+                   "images are not scored; 0: every image)")  # fmt: skip
     p.add_argument("--ten-crop", action="store_true", help="classification checkpoints: the paper's 10-crop test")
     p.add_argument("--output-json", default=None, help="write the report here")
     p.add_argument("--confusion-png", default=None, help="classification: the confusion matrix (default: beside "
@@ -117,8 +125,12 @@ def _served_split(source):
     return "validation" if source.num_examples("validation") else "train"
 
 
-def evaluate_saved_model(path, data_spec, batch_size=64):
-    """classification_report of the SavedModel at `path` through its serving signature on `data_spec`."""
+def evaluate_saved_model(path, data_spec, batch_size=64, validation_split=None):
+    """classification_report of the SavedModel at `path` through its serving signature on `data_spec`.
+
+    validation_split (None: the one the model was trained with) holds out the same fixed part of a source
+    without a validation split of its own as training did: scored on the folder it trained from, the model
+    meets only the images it never saw."""
     import tensorflow as tf
 
     from trainers import data
@@ -134,6 +146,12 @@ def evaluate_saved_model(path, data_spec, batch_size=64):
     with open(names_file, encoding="utf-8") as f:
         model_names = [line.rstrip("\n") for line in f]
     source = data.open_source(data_spec)
+    held_out = None
+    if not source.num_examples("validation"):  # no split of its own: hold out what training held out
+        trained_split = (info.get("source") or {}).get("config", {}).get("validation_split") or 0
+        held_out = trained_split if validation_split is None else validation_split
+        if held_out:
+            source = data.open_source(data_spec, validation_split=held_out)
     if list(source.class_names[: len(model_names)]) != model_names:
         raise ValueError(
             f"--data {data_spec}: its classes {list(source.class_names)[:5]}... are not the model's "
@@ -157,7 +175,8 @@ def evaluate_saved_model(path, data_spec, batch_size=64):
     report = classification_report(
         np.concatenate(labels), np.concatenate(scores), model_names, time.perf_counter() - started
     )
-    return {**report, "split": split, "signature": "serve_image_bytes" if encoded else "serve_uint8", "model": path}
+    signature_name = "serve_image_bytes" if encoded else "serve_uint8"
+    return {**report, "split": split, "validation_split": held_out, "signature": signature_name, "model": path}
 
 
 def main(argv=None):
@@ -171,7 +190,7 @@ def main(argv=None):
             if not args.data:
                 raise ValueError("--model needs --data: the images to score it on (e.g. folder:DIR).")
             cli.quiet_tensorflow(Config(steps=1))
-            result = evaluate_saved_model(args.model, args.data, args.batch_size or 64)
+            result = evaluate_saved_model(args.model, args.data, args.batch_size or 64, args.validation_split)
         else:
             saved = RunDir(args.model_dir).read_config()
             if args.task and args.task != saved.task:
@@ -201,7 +220,11 @@ def _print(args, result):
     if "per_class_accuracy" in result:
         for name, accuracy in result["per_class_accuracy"].items():
             print(f"  {name:>14} accuracy {accuracy:.4f}")
-    shown = {k: v for k, v in result.items() if isinstance(v, (int, float))}
+    if "signature" in result:
+        held = f", the {result['validation_split']} held out as in training" if result["validation_split"] else ""
+        print(f"{result['model']} through {result['signature']}: {result['examples']} images of the "
+              f"{result['split']} split{held}")  # fmt: skip
+    shown = {k: v for k, v in result.items() if isinstance(v, (int, float)) and k != "validation_split"}
     print(", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))
     png = args.confusion_png or (os.path.splitext(args.output_json)[0] + "_confusion.png" if args.output_json else None)
     if png and "confusion_matrix" in result:
