@@ -81,7 +81,9 @@ def test_files_and_folder_to_csv_and_json(exported, files, tmp_path, capsys):
         best = np.argsort(-probabilities)[:3]
         assert [int(r["class_id"]) for r in mine] == best.tolist()
         assert [r["class_name"] for r in mine] == [NAMES[i] for i in best]
-        np.testing.assert_allclose([float(r["probability"]) for r in mine], probabilities[best], rtol=1e-6)
+        # batches of 3 against one image at a time: TensorFlow's own (non-oneDNN) convolutions sum in another
+        # order, 2e-6 apart on a probability of 1e-5
+        np.testing.assert_allclose([float(r["probability"]) for r in mine], probabilities[best], rtol=1e-5)
     errors = {r["file"]: r["error"] for r in rows if r["error"]}
     assert errors[files["missing"]].startswith("cannot read")
     assert errors[files["truncated"]].startswith("could not be decoded")

@@ -255,11 +255,13 @@ def _device(found):
     return "CPU"
 
 
-def auto_precision(device=None, found=None, cpu_facts=None):
+def auto_precision(device=None, found=None, cpu_facts=None, onednn_state=None):
     """The fastest precision the hardware computes natively: "bf16" on TPUs, GPUs of compute capability
-    8.0+ and CPUs with AVX512-BF16 or AMX; "fp16" on GPUs of capability 7.x; else "fp32".
+    8.0+ and CPUs with AVX512-BF16 or AMX (unless oneDNN is off: TensorFlow's own kernels emulate bf16,
+    0.17x of fp32 measured on a Zen 4 EPYC); "fp16" on GPUs of capability 7.x; else "fp32".
 
     device: "CPU" | "GPU" | "TPU" (default: the loop's, a TPU if any, else a GPU if any, else the CPU).
+    onednn_state: "on" | "off" | "tensorflow" (default: this process's, `onednn().state`).
     """
     device = device.upper() if device else None
     if device is None or (device != "CPU" and found is None):
@@ -275,10 +277,14 @@ def auto_precision(device=None, found=None, cpu_facts=None):
         if lowest >= GPU_BF16_CAPABILITY:
             return "bf16"
         return "fp16" if lowest >= GPU_FP16_CAPABILITY else "fp32"
-    return "bf16" if (cpu_facts or cpu()).native_bf16 else "fp32"
+    return "bf16" if _cpu_computes_bf16(cpu_facts or cpu(), onednn_state) else "fp32"
 
 
-def warn_if_slow(precision, device=None, found=None, cpu_facts=None):
+def _cpu_computes_bf16(facts, onednn_state=None):
+    return facts.native_bf16 and (onednn_state or onednn().state) != "off"
+
+
+def warn_if_slow(precision, device=None, found=None, cpu_facts=None, onednn_state=None):
     """Logs (and returns) a warning when `precision` is emulated on the device the loop will use: bf16 on a
     CPU without AVX512-BF16/AMX ran 4-14x slower than fp32 on an AMD EPYC without AVX-512. None if fine."""
     if precision not in ("bf16", "fp16"):
@@ -294,6 +300,11 @@ def warn_if_slow(precision, device=None, found=None, cpu_facts=None):
             message = (
                 f"--precision bf16 on a CPU without native bfloat16 ({facts.model}: no avx512_bf16 or amx_bf16): "
                 "TensorFlow emulates it, measured 4-14x slower than fp32. Use --precision fp32 (or auto)."
+            )
+        elif precision == "bf16" and not _cpu_computes_bf16(facts, onednn_state):
+            message = (
+                f"--precision bf16 with oneDNN off ({ONEDNN_VAR}=0): TensorFlow's own CPU kernels emulate "
+                "bfloat16, measured 6x slower than fp32. Use --precision fp32 (or auto), or unset the variable."
             )
         elif precision == "fp16" and "avx512_fp16" not in facts.flags and "amx_fp16" not in facts.flags:
             message = (
