@@ -13,13 +13,15 @@ def quiet_tensorflow(config):
         logs.import_tensorflow_quietly()
 
 
-def main(recipe, recipe_name, description, argv=None):
+def main(recipe, recipe_name, description, argv=None, variants=None):
     """Parse, check and run; 2 (with "error: ..." on stderr) for a setting or data the run cannot use.
 
-    Bad flags and --config values exit with status 2 before anything is written or TensorFlow starts."""
+    Bad flags and --config values exit with status 2 before anything is written or TensorFlow starts.
+    `variants` (name -> recipe) lets --recipe NAME pick another recipe of the same entry point."""
     config = config_lib.resolve(
-        recipe, argv, prog=f"python -m trainers.{recipe_name}", description=description, on_parsed=quiet_tensorflow
-    )
+        recipe, argv, prog=f"python -m trainers.{recipe_name}", description=description, on_parsed=quiet_tensorflow,
+        variants=variants,
+    )  # fmt: skip
     from trainers import data, loop  # after argument parsing: --help stays fast
 
     try:

@@ -568,15 +568,20 @@ class _Parser(argparse.ArgumentParser):
         super().error(message)
 
 
-def parser(recipe, prog, description):
-    """Every Config field as a flag, its default the recipe's (shown once in --help)."""
+def parser(recipe, prog, description, variants=None):
+    """Every Config field as a flag, its default the recipe's (shown once in --help); `variants` (name ->
+    recipe) adds --recipe NAME."""
     defaults = dataclasses.asdict(Config(**recipe))
     p = _Parser(
         prog=prog,
         description=description,
-        usage="%(prog)s [--config FILE] [--FLAG VALUE ...]  (--help lists every flag)",
+        usage="%(prog)s [--recipe NAME] [--config FILE] [--FLAG VALUE ...]  (--help lists every flag)",
         epilog="Precedence: the recipe's defaults < --config FILE < flags.",
     )
+    if variants:
+        chosen = next((name for name, values in variants.items() if values is recipe), None)
+        what = f"the named recipe whose values are the defaults below (recipes.py) (here: {chosen})"
+        p.add_argument("--recipe", choices=list(variants), default=argparse.SUPPRESS, help=what)
     p.add_argument("--config", help="JSON/YAML file of settings (keys as below, e.g. 'batch_size: 64')", metavar="FILE")
     for field in dataclasses.fields(Config):
         kwargs = dict(
@@ -594,13 +599,19 @@ def parser(recipe, prog, description):
     return p
 
 
-def resolve(recipe, argv=None, prog=None, description=None, on_parsed=None):
+def resolve(recipe, argv=None, prog=None, description=None, on_parsed=None, variants=None):
     """Recipe < --config file < flags, then validate(); bad values exit with status 2 and a message.
 
     `--epochs` on the command line beats the recipe's --steps. `on_parsed(config)` runs before validate(),
-    which imports keras: the command line sets up logging there, before TensorFlow starts."""
-    p = parser(recipe, prog, description)
+    which imports keras: the command line sets up logging there, before TensorFlow starts. `variants` (name
+    -> recipe): --recipe NAME replaces `recipe`, so --help shows that recipe's defaults."""
+    if variants:
+        first = argparse.ArgumentParser(add_help=False)  # an unknown name: the full parser's error, below
+        first.add_argument("--recipe", default=None)
+        recipe = variants.get(first.parse_known_args(argv)[0].recipe, recipe)
+    p = parser(recipe, prog, description, variants)
     args = vars(p.parse_args(argv))
+    args.pop("recipe", None)
     values = dict(recipe)
     config_file = args.pop("config", None)
     try:
