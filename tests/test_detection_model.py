@@ -143,7 +143,9 @@ for detector in ("frcnn-c4", "frcnn-fpn"):
 
 
 def test_loss_and_gradients_are_equal_on_one_and_two_replicas():
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
+    # oneDNN off: with it on (TensorFlow's default on AVX512-VNNI/BF16 CPUs) this eager two-thread replica
+    # run died with SIGSEGV 3 times in 3 on a Zen 4 EPYC; the loop runs replicas inside tf.function.
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow", "TF_ENABLE_ONEDNN_OPTS": "0"}
     result = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(REPLICAS)], env=env, capture_output=True, text=True, timeout=300
     )
