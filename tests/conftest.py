@@ -8,10 +8,12 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 @pytest.fixture
 def float32_policy():
-    """For tests whose runs set a mixed-precision policy (process-wide in Keras): float32 again after each."""
-    yield
+    """For tests whose runs set a mixed-precision policy (process-wide in Keras), or that build models in
+    process and must not inherit one: float32 before and after each."""
     import keras
 
+    keras.mixed_precision.set_global_policy("float32")
+    yield
     keras.mixed_precision.set_global_policy("float32")
 
 

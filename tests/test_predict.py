@@ -116,6 +116,7 @@ def test_nothing_readable_exits_2(exported, files, capsys):
     assert raised.value.code == 2
 
 
+@pytest.mark.usefixtures("float32_policy")  # another test's bf16 run in this worker must not build its network
 def test_model_dir_is_predicted_through_a_fresh_export(exported, files, tmp_path, capsys, monkeypatch):
     """A run without an export of its latest checkpoint: restored and exported to a temporary folder."""
     from trainers.run_dir import RunDir
