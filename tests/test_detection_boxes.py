@@ -202,6 +202,11 @@ def test_roi_align_matches_crop_and_resize_and_detectron():
     want = tf.image.crop_and_resize(feature, norm[None], [0], (4, 4)).numpy()
     one = roi_align.roi_align(feature, known[:, :1], stride=16, output_size=4, sampling_ratio=1).numpy()
     np.testing.assert_allclose(one[0, 0], want[0], atol=1e-5)
+    # Under mixed_bfloat16 (the precision a CPU with AVX512-BF16 picks) C4 is bfloat16; crop_and_resize
+    # takes no bfloat16, so RoIAlign samples in float32 and hands back bfloat16.
+    half = roi_align.roi_align(tf.cast(feature, tf.bfloat16), known, stride=16, output_size=4, sampling_ratio=2)
+    assert half.dtype == tf.bfloat16
+    np.testing.assert_allclose(tf.cast(half, tf.float32).numpy(), got, atol=0.05)
 
 
 def test_roi_align_of_a_linear_map_is_the_value_at_bin_centres():

@@ -183,6 +183,21 @@ def test_detection_settings_are_refused_before_anything_runs(tmp_path):
 # -- learning, evaluation and export ------------------------------------------------------------------------
 
 
+def test_a_detector_trains_in_bf16_and_its_export_serves_float32(tmp_path, float32_policy):
+    """--precision auto is bf16 on a CPU with AVX512-BF16: C4 features are bfloat16 there, and the
+    export is float32 whatever the training precision."""
+    config = config_for(tmp_path, data="shapes:12", steps=3, steps_per_loop=3, precision="bf16", export=True,
+                        export_dir=str(tmp_path / "saved"), export_name="shapes")  # fmt: skip
+    result = trainers.train(config, task=TinyDetection(config))
+    assert np.isfinite(result["train_loss"]) and result["validation"]["examples"] == 12
+    loaded = tf.saved_model.load(result["saved_model"])
+    images = np.stack([image for image, _, _ in open_source(config.data, config.image_size).images[:2]])
+    served = loaded.signatures["serving_default"](images=tf.constant(images, tf.float32))
+    for key in ("detection_boxes", "detection_scores"):
+        assert served[key].dtype == tf.float32, key
+    assert served["detection_boxes"].shape[:2] == served["detection_scores"].shape[:2]
+
+
 @pytest.mark.slow
 def test_the_fpn_detector_learns_the_shapes_it_sees_and_its_export_serves_it(tmp_path):
     """Trained through trainers.train on 24 generated 64-px images, not augmented (it is scored on exactly

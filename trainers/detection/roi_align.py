@@ -33,6 +33,8 @@ def _crop(features, boxes, box_batch, stride, output_size, sampling_ratio, align
     s = int(sampling_ratio)
     shape = tf.shape(features)
     padded = tf.pad(features, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
+    if padded.dtype == tf.bfloat16:  # crop_and_resize takes half, float, double, not bfloat16 (mixed_bfloat16)
+        padded = tf.cast(padded, tf.float32)
     boxes = tf.cast(boxes, tf.float32) / float(stride)
     if aligned:
         boxes = boxes - 0.5
