@@ -183,6 +183,28 @@ def test_detection_settings_are_refused_before_anything_runs(tmp_path):
 # -- learning, evaluation and export ------------------------------------------------------------------------
 
 
+def test_sigterm_during_the_detection_evaluation_stops_it_between_batches(tmp_path):
+    """Scoring VOC's 792 validation images takes minutes on a CPU: SIGTERM stops it at the next batch, saves
+    the step, and the rerun evaluates without training again."""
+    import signal
+
+    config = config_for(tmp_path, data="shapes:12", steps=3, steps_per_loop=3)  # one epoch; 3 validation batches
+    calls = []
+
+    class Signalled(TinyDetection):
+        def check_stop(self):
+            calls.append(1)
+            if len(calls) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+            super().check_stop()
+
+    with pytest.raises(trainers.Interrupted, match="SIGTERM: interrupted at step 3"):
+        trainers.train(config, task=Signalled(config))
+    assert len(calls) == 2 and tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints")).endswith("-3")
+    result = trainers.train(config, task=TinyDetection(config))
+    assert result["step"] == 3 and result["validation"]["examples"] == 12
+
+
 def test_a_detector_trains_in_bf16_and_its_export_serves_float32(tmp_path, float32_policy):
     """--precision auto is bf16 on a CPU with AVX512-BF16: C4 features are bfloat16 there, and the
     export is float32 whatever the training precision."""

@@ -14,7 +14,7 @@ from events import scalars
 
 import trainers
 from trainers import config as config_lib
-from trainers import data, loop, recipes, run_dir
+from trainers import data, logs, loop, recipes, run_dir
 from trainers.config import Config
 from trainers.tasks import Task, classification
 
@@ -150,6 +150,37 @@ def test_a_crash_in_the_epoch_end_evaluation_is_redone_on_resume(tmp_path):
     assert resumed["train_loss"] == pytest.approx(reference["train_loss"], rel=1e-4)
     assert resumed["train_top1"] == pytest.approx(reference["train_top1"], rel=1e-4)
     # Epoch 1's evaluation happened after all, and was logged once, at its step.
+    ours = scalars(tmp_path / "run" / "logs" / "validation", "loss")
+    theirs = scalars(tmp_path / "reference" / "logs" / "validation", "loss")
+    assert sorted(ours) == sorted(theirs) == [STEPS_PER_EPOCH, steps]
+    assert ours[STEPS_PER_EPOCH] == pytest.approx(theirs[STEPS_PER_EPOCH], rel=1e-4)
+
+
+def test_sigterm_during_the_epoch_end_evaluation_stops_it_and_the_rerun_evaluates_again(tmp_path):
+    """A preemption's grace period is seconds: the loop does not finish a long evaluation first. It saves the
+    step, unevaluated, exits 143, and the rerun evaluates that epoch as an uninterrupted run did."""
+    steps = 2 * STEPS_PER_EPOCH
+    reference = loop.Loop(tiny(tmp_path, "reference", steps=steps, steps_per_loop=1)).fit()
+
+    config = tiny(tmp_path, steps=steps, steps_per_loop=1)  # the evaluation runs in 4 chunks of a batch
+    stopped = loop.Loop(config)
+    eval_loop, chunks = stopped._eval_loop, []
+
+    def then_sigterm(*args):
+        chunks.append(1)
+        if len(chunks) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return eval_loop(*args)
+
+    stopped._eval_loop = then_sigterm
+    with pytest.raises(loop.Interrupted, match=f"SIGTERM: interrupted at step {STEPS_PER_EPOCH}") as stop:
+        stopped.fit()
+    assert stop.value.exit_code == 143 and len(chunks) == 1  # not the 4 the whole evaluation takes
+    assert checkpoint_step(config.model_dir) == STEPS_PER_EPOCH
+    assert not scalars(tmp_path / "run" / "logs" / "validation", "loss")
+
+    resumed = loop.Loop(dataclasses.replace(config)).fit()
+    assert resumed["val_loss"] == pytest.approx(reference["val_loss"], rel=1e-4)
     ours = scalars(tmp_path / "run" / "logs" / "validation", "loss")
     theirs = scalars(tmp_path / "reference" / "logs" / "validation", "loss")
     assert sorted(ours) == sorted(theirs) == [STEPS_PER_EPOCH, steps]
@@ -360,7 +391,7 @@ def test_the_start_log_says_what_the_run_will_really_do_and_speed_has_one_defini
     # The console's and TensorBoard's images/s are one number: images over the training steps' wall time.
     logged = scalars(tmp_path / "run" / "logs" / "train", "images_per_second")
     assert logged[STEPS_PER_EPOCH] == pytest.approx(result["images_per_second"], rel=1e-6)
-    assert f"{result['images_per_second']:.0f} img/s" in text
+    assert f"{logs.rate(result['images_per_second'])} img/s" in text
 
 
 def test_a_run_refused_at_set_up_leaves_no_directory(tmp_path):

@@ -16,6 +16,17 @@ LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO|WARNING|ERROR) .*$
 pytestmark = pytest.mark.usefixtures("restore_logging")  # cli.main and setup_logging change process-wide logging
 
 
+def test_a_rate_is_readable_from_a_detector_to_resnet_20():
+    assert [logs.rate(r) for r in (0.634, 7.25, 12.34, 99.96, 123.4, 4567.8)] == [
+        "0.634",
+        "7.25",
+        "12.3",
+        "100",
+        "123",
+        "4568",
+    ]
+
+
 def test_setup_logging_formats_trainers_lines_and_quiets_tensorflow(monkeypatch):
     monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
     stream = io.StringIO()

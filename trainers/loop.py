@@ -20,11 +20,12 @@ import numpy as np
 import tensorflow as tf
 
 from trainers import config as config_lib
-from trainers import data_service, hardware, replicas, schedules
+from trainers import data_service, hardware, logs, replicas, schedules
 from trainers import strategy as strategy_lib
 from trainers.logs import Board, Progress, log
 from trainers.run_dir import RunDir, default_model_dir
 from trainers.strategy import make_strategy
+from trainers.tasks.base import EvaluationStopped
 
 POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 # Steps per device loop when --steps-per-loop is not given: enough to hide the host's work between
@@ -206,6 +207,9 @@ class Loop:
         self._agree = self._make_agreement()
         self.timings = []  # (step, images, seconds) per device loop: what the benchmark reads
         self._signal = None
+        # One machine stops a long evaluation at SIGTERM/SIGINT (a rerun evaluates again); a cluster's
+        # workers evaluate in step with each other and stop together after it.
+        self.task.stop_requested = lambda: self._signal is not None and not self.multi_worker
         # Everything is checked: only now does the run dir get its files.
         if self.chief:
             self.run_dir.write_config(config)
@@ -312,6 +316,7 @@ class Loop:
         iterator = iter(self._distributed("validation"))
         chunk = tf.constant(max(self.steps_per_loop, 1), tf.int64)
         while True:
+            self.task.check_stop()
             try:
                 sums, done = self._eval_loop(iterator, chunk)
             except tf.errors.InvalidArgumentError:
@@ -506,7 +511,7 @@ class Loop:
             if self.chief and not config.progress and config.log_steps and step % config.log_steps == 0:
                 # No bar (a log file, a batch job): a line per --log-steps, so a long epoch shows its progress.
                 shown = ", ".join(f"{k} {values[k]:.4f}" for k in self.task.metric_names[:2])
-                log.info("step %d/%d: %s (this epoch), %.0f img/s", step, self.total_steps, shown, rate)
+                log.info("step %d/%d: %s (this epoch), %s img/s", step, self.total_steps, shown, logs.rate(rate))
             if self.board and (step % config.log_steps == 0 or done >= remaining or ran < n):
                 scalars = {k: values[k] for k in self.task.metric_names}
                 scalars.update(learning_rate=float(self.schedule(max(step - 1, 0))), images_per_second=rate)
@@ -537,7 +542,11 @@ class Loop:
         val = None
         if position % self.steps_per_epoch == 0 or step >= self.total_steps:
             if step >= self.total_steps or (position // self.steps_per_epoch) % self.config.eval_every == 0:
-                val = self.evaluate()
+                try:
+                    val = self.evaluate()
+                except EvaluationStopped:
+                    self._honour_signal(step)  # saves this step unevaluated and raises Interrupted
+                    raise
                 names = self.task.eval_metric_names or self.task.metric_names
                 summary.update({f"val_{k}": val[k] for k in names})
                 if self.board:
@@ -551,11 +560,11 @@ class Loop:
         self.manager.save(checkpoint_number=step)
         rate = images_seen / max(seconds, 1e-9)
         log.info(
-            "epoch %d step %d: %s, %.0f img/s%s",
+            "epoch %d step %d: %s, %s img/s%s",
             epoch + 1,
             step,
             ", ".join(f"{k} {v:.4f}" for k, v in summary.items()),
-            rate,
+            logs.rate(rate),
             "".join(f", {k.replace('_', ' ')} {v}" for k, v in self._task_counters().items()),
         )
         summary["images_per_second"] = rate

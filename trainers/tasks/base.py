@@ -1,6 +1,11 @@
 """The Task protocol: the loop calls these, in this order, and nothing else of a task."""
 
 
+class EvaluationStopped(Exception):
+    """SIGTERM/SIGINT arrived during a task's own evaluation: the loop saves the step and exits; the rerun
+    evaluates again."""
+
+
 class Task:
     """One problem. Subclass and fill in; the loop owns strategy, steps, checkpoints, logs and preemption.
 
@@ -64,8 +69,19 @@ class Task:
 
     def evaluate(self, model):
         """Evaluation that is no sum of `eval_sums` (detection's mAP): {name: value, "examples": n} computed
-        on this host. None: the loop sums `eval_sums` over the validation split."""
+        on this host. None: the loop sums `eval_sums` over the validation split. A long one calls
+        `self.check_stop()` between batches, so a preemption's grace period is not spent evaluating."""
         return None
+
+    def check_stop(self):
+        """Raises EvaluationStopped once the loop was asked to stop (it sets `stop_requested` on one machine;
+        a cluster's workers finish the evaluation together, then stop)."""
+        if self.stop_requested():
+            raise EvaluationStopped()
+
+    @staticmethod
+    def stop_requested():
+        return False
 
     def summarize(self, totals):
         """{name: total / examples} and the example count."""

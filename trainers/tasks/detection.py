@@ -149,6 +149,7 @@ class DetectionTask(Task):
         evaluator = DetectionEvaluator(self.source.class_names)
         shown = []
         for batch in self.dataset("validation"):
+            self.check_stop()
             out = self._detect(batch["images"], batch["image_size"])
             both = {**{k: v.numpy() for k, v in batch.items()}, **{k: v.numpy() for k, v in out.items()}}
             evaluator.add_batch(both)
