@@ -9,9 +9,12 @@ PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 13
            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]  # fmt: skip
 
 
-def draw(image, detections, class_names, ground_truth=None, min_score=0.5):
-    """One uint8 image [H, W, 3] with its detections (boxes normalised yxyx, scores, classes) above
-    `min_score` as coloured, labelled boxes, and its ground-truth boxes (normalised) as thin white ones."""
+def draw(image, detections, class_names, ground_truth=None, min_score=0.5, at_least=3):
+    """One uint8 image [H, W, 3] with its detections (boxes normalised yxyx, scores, classes, best first)
+    above `min_score` as coloured, labelled boxes, and its ground-truth boxes (normalised) as thin white
+    ones. Where fewer than `at_least` pass `min_score` (a detector early in training scores everything
+    low), the best others are drawn too, thin, their scores in the label: a picture of nothing would not
+    show what the model finds."""
     from PIL import Image, ImageDraw
 
     picture = Image.fromarray(np.asarray(image, np.uint8))
@@ -25,12 +28,13 @@ def draw(image, detections, class_names, ground_truth=None, min_score=0.5):
     for box in [] if ground_truth is None else ground_truth:
         pen.rectangle(pixels(box), outline=GROUND_TRUTH, width=1)
     boxes, scores, classes = detections
-    for box, score, c in zip(boxes, scores, classes, strict=True):
-        if score < min_score:
+    confident = sum(1 for score in scores if score >= min_score)
+    for rank, (box, score, c) in enumerate(zip(boxes, scores, classes, strict=True)):
+        if score < min_score and rank >= max(confident, at_least):
             continue
         colour = PALETTE[int(c) % len(PALETTE)]
         corners = pixels(box)
-        pen.rectangle(corners, outline=colour, width=2)
+        pen.rectangle(corners, outline=colour, width=2 if score >= min_score else 1)
         label = f"{class_names[int(c)]} {score:.2f}"
         left, top = corners[0], max(corners[1] - 11, 0)
         pen.rectangle([left, top, left + 6 * len(label) + 2, top + 11], fill=colour)
