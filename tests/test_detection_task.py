@@ -325,13 +325,13 @@ def test_the_detection_study_writes_its_table_and_curves(tmp_path):
         for step in (10, 20, 30):
             board.scalars(board.train, step, {"loss": 2.0 - step / (20 + i)})
             board.scalars(board.validation, step, {"mAP50": step / (40 + 10 * i)})
-        row = dict(model=model, mAP50=0.75 - 0.1 * i, AP=0.4, AP50=0.7, AP75=0.3, params=12_345_678,
+        row = dict(model=model, mAP50=0.75 - 0.1 * i, AP=0.4, AP50=0.7, AP75=0.3, train_loss=0.5, params=12_345_678,
                    backbone_gflops=1.8, training_seconds=3600.0, steps=30, model_dir=str(tmp_path / model),
                    image_size=320, detector="frcnn-c4", data="voc:X", validation_images=792)  # fmt: skip
         rows.append(row)
     study._report_detection(study.parser().parse_args(["detection"]), str(tmp_path), rows, ["--data", "voc:X"])
     table = (tmp_path / "study.md").read_text()
-    assert "| resnet18 | 0.7500 | 0.4000 | 0.7000 | 0.3000 | 12.35 M | 1.80 | 60 min |" in table
+    assert "| resnet18 | 0.7500 | 0.4000 | 0.7000 | 0.3000 | 0.5000 | 12.35 M | 1.80 | 60 min |" in table
     assert "| plain18 | 0.6500 |" in table and "Table 7" in table
     saved = json.loads((tmp_path / "study.json").read_text())
     assert [r["model"] for r in saved["runs"]] == ["resnet18", "plain18"]

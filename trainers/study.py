@@ -359,6 +359,7 @@ def _detection_row(name, config, result, seconds, task):
         "AP": val["AP"],
         "AP50": val["AP50"],
         "AP75": val["AP75"],
+        "train_loss": result.get("train_loss", math.nan),  # the last epoch's, as the loop logged it
         "per_class_AP50": (task.last_evaluation or {}).get("voc", {}).get("AP@0.5", {}),
         "params": int(sum(int(keras.ops.size(w)) for w in detector.weights)),
         "backbone_gflops": keras_resnet.flops(backbone) / 1e9,
@@ -384,12 +385,13 @@ def _report_detection(args, out, rows, flags):
         f"Data {first['data']}, shorter side {first['image_size']} px, {first['steps']} steps, "
         f"{first['validation_images']} validation images; flags: `{' '.join(flags)}`.",
         "",
-        "| backbone | VOC07 mAP@0.5 | COCO AP | AP50 | AP75 | params | backbone GFLOPs | training time |",
-        "|---|---|---|---|---|---|---|---|",
+        "| backbone | VOC07 mAP@0.5 | COCO AP | AP50 | AP75 | train loss | params | backbone GFLOPs | training time |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['mAP50']:.4f} | {r['AP']:.4f} | {r['AP50']:.4f} | {r['AP75']:.4f} | "
+            f"{r.get('train_loss', math.nan):.4f} | "
             f"{r['params'] / 1e6:.2f} M | {r['backbone_gflops']:.2f} | {r['training_seconds'] / 60:.0f} min |"
         )
     lines += ["", DETECTION_PAPER, "", "![validation mAP@0.5](curves_map.png)", "",
