@@ -6,6 +6,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 
+@pytest.fixture(autouse=True)
+def _float32_policy_after_each_test():
+    """A run with --precision auto sets Keras' process-wide policy (bf16 on a CPU with AVX512-BF16); the
+    next test in that pytest worker must not build its networks under it (it did: 2e-3 off at 1e-5)."""
+    yield
+    import sys
+
+    if "keras" in sys.modules:
+        sys.modules["keras"].mixed_precision.set_global_policy("float32")
+
+
 @pytest.fixture
 def float32_policy():
     """For tests whose runs set a mixed-precision policy (process-wide in Keras), or that build models in
