@@ -391,7 +391,7 @@ def _report_detection(args, out, rows, flags):
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['mAP50']:.4f} | {r['AP']:.4f} | {r['AP50']:.4f} | {r['AP75']:.4f} | "
-            f"{r.get('train_loss', math.nan):.4f} | "
+            f"{r['train_loss']:.4f} | "
             f"{r['params'] / 1e6:.2f} M | {r['backbone_gflops']:.2f} | {r['training_seconds'] / 60:.0f} min |"
         )
     lines += ["", DETECTION_PAPER, "", "![validation mAP@0.5](curves_map.png)", "",
