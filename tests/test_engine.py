@@ -23,12 +23,6 @@ BATCH = 64
 STEPS_PER_EPOCH = TRAIN // BATCH
 
 
-@pytest.fixture(autouse=True)
-def float32_policy():
-    yield
-    keras.mixed_precision.set_global_policy("float32")
-
-
 def tiny(tmp_path, name="run", **overrides):
     values = dict(
         recipes.CIFAR10,
