@@ -394,3 +394,54 @@ def test_a_run_refused_at_set_up_leaves_no_directory(tmp_path):
     with pytest.raises(ValueError, match="fewer than one batch"):
         loop.Loop(tiny(tmp_path, num_classes=3, batch_size=2048))
     assert not (tmp_path / "run").exists()
+
+
+# -- spent iterators ------------------------------------------------------------------------------------
+
+
+class SlowToDelete:
+    """Stands in for a tf.data iterator whose destructor waits on the pipeline's autotuning thread."""
+
+    def __init__(self, seconds, deleted_on):
+        self.seconds, self.deleted_on = seconds, deleted_on
+
+    def __del__(self):
+        import threading
+        import time
+
+        time.sleep(self.seconds)
+        self.deleted_on.append(threading.current_thread().name)
+
+
+def test_a_spent_iterator_is_deleted_off_the_main_thread_and_joined_at_the_end():
+    import time
+    import weakref
+
+    deleted_on = []
+    releaser = loop.Releaser()
+    box = [SlowToDelete(1.0, deleted_on)]
+    alive = weakref.ref(box[0])
+    started = time.perf_counter()
+    releaser.release(box)
+    assert time.perf_counter() - started < 0.5  # the loop goes on while it is deleted
+    releaser.join()
+    assert alive() is None and deleted_on == ["release-tf-data-iterator"]
+    assert releaser.threads == []
+
+
+def test_fit_releases_every_training_and_evaluation_iterator_it_made(tmp_path, monkeypatch):
+    import weakref
+
+    released = []
+    release = loop.Releaser.release
+
+    def recording(self, box):
+        released.append(weakref.ref(box[0]))
+        release(self, box)
+
+    monkeypatch.setattr(loop.Releaser, "release", recording)
+    trainer = loop.Loop(tiny(tmp_path, steps=2 * STEPS_PER_EPOCH))
+    trainer.fit()
+    assert len(released) == 4  # two epochs, each a training and an evaluation iterator
+    assert all(ref() is None for ref in released)  # deleted, and fit waited for it
+    assert trainer.releaser.threads == []
