@@ -1,4 +1,4 @@
-"""The ResNet-20 that ships in saved_models/resnet20_cifar10/1: it loads, classifies CIFAR-10 JPEGs through
+"""The ResNet-20 that ships in saved_models/resnet20_cifar10/<latest version>: it loads, classifies CIFAR-10 JPEGs through
 `serve_image_bytes` (also with the README's saved_model_cli command), and scores what its model card says
 on the 5,000 images its training held out."""
 
@@ -15,7 +15,8 @@ import tensorflow as tf
 from trainers.evaluate import evaluate_saved_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "saved_models" / "resnet20_cifar10" / "1"
+VERSIONS = sorted((ROOT / "saved_models" / "resnet20_cifar10").glob("[0-9]*"), key=lambda p: int(p.name))
+SHIPPED = VERSIONS[-1]  # what TF Serving serves; the card's first table is this one
 CARD = SHIPPED.parent / "MODEL_CARD.md"
 CIFAR10 = ROOT.parent / "shared" / "data" / "cifar10" / "train.tar.gz"
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -35,6 +36,9 @@ def test_it_loads_names_the_cifar10_classes_and_its_card_says_how_it_was_trained
     card = CARD.read_text(encoding="utf-8")
     assert "python -m trainers.cifar10" in card and "Wall time" in card and "91.25" in card
     assert 0 < card_number("Validation top-1") <= 100
+    for version in VERSIONS:  # every version that ships is on the card, and loads
+        assert f"`resnet20_cifar10/{version.name}`" in card
+        assert tf.saved_model.load(str(version)).signatures["serve_image_bytes"] is not None
 
 
 @pytest.fixture(scope="module")
