@@ -1,6 +1,6 @@
-"""The ResNet-20 that ships in saved_models/resnet20_cifar10/<latest version>: it loads, classifies CIFAR-10 JPEGs through
-`serve_image_bytes` (also with the README's saved_model_cli command), and scores what its model card says
-on the 5,000 images its training held out."""
+"""The ResNet-20 that ships in saved_models/resnet20_cifar10/<latest version>: it loads, classifies CIFAR-10
+JPEGs through `serve_image_bytes` (also with the README's saved_model_cli command), and scores what its model
+card says on the 5,000 images its training held out."""
 
 import pathlib
 import re
