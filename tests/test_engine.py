@@ -5,6 +5,9 @@ import json
 import os
 import pathlib
 import signal
+import threading
+import time
+import weakref
 
 import keras
 import numpy as np
@@ -406,17 +409,11 @@ class SlowToDelete:
         self.seconds, self.deleted_on = seconds, deleted_on
 
     def __del__(self):
-        import threading
-        import time
-
         time.sleep(self.seconds)
         self.deleted_on.append(threading.current_thread().name)
 
 
 def test_a_spent_iterator_is_deleted_off_the_main_thread_and_joined_at_the_end():
-    import time
-    import weakref
-
     deleted_on = []
     releaser = loop.Releaser()
     box = [SlowToDelete(1.0, deleted_on)]
@@ -430,8 +427,6 @@ def test_a_spent_iterator_is_deleted_off_the_main_thread_and_joined_at_the_end()
 
 
 def test_fit_releases_every_training_and_evaluation_iterator_it_made(tmp_path, monkeypatch):
-    import weakref
-
     released = []
     release = loop.Releaser.release
 
