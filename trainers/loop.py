@@ -229,6 +229,7 @@ class Loop:
         self._weights_finite = self._make_finite_check()
         self._agree = self._make_agreement()
         self.releaser = Releaser()
+        self.task.releaser = self.releaser  # a task's own evaluation drops its iterators here too
         self.timings = []  # (step, images, seconds) per device loop: what the benchmark reads
         self._signal = None
         # One machine stops a long evaluation at SIGTERM/SIGINT (a rerun evaluates again); a cluster's
@@ -370,17 +371,21 @@ class Loop:
         self._log_start()
         history = {}
         watch = data_service.watch(config.data_service, config.data_service_timeout, self._abandon_for_the_data_service)
-        with self._signals(), watch:
-            if self._pending_evaluation():  # a crash after the epoch's last step, before its evaluation
-                history = self._end_epoch((int(self.batches.numpy()) - 1) // self.steps_per_epoch, 0.0, 0)
-            while int(self.step.numpy()) < self.total_steps:
-                history = self._run_epoch()
-        if history.get("validation"):
-            final = history.pop("validation")
-        else:
-            log.info("%s is already trained to step %d: evaluating only.", self.model_dir, start)
-            final = self.evaluate()
-        self.releaser.join()
+        try:
+            with self._signals(), watch:
+                if self._pending_evaluation():  # a crash after the epoch's last step, before its evaluation
+                    history = self._end_epoch((int(self.batches.numpy()) - 1) // self.steps_per_epoch, 0.0, 0)
+                while int(self.step.numpy()) < self.total_steps:
+                    history = self._run_epoch()
+            if history.get("validation"):
+                final = history.pop("validation")
+            else:
+                log.info("%s is already trained to step %d: evaluating only.", self.model_dir, start)
+                final = self.evaluate()
+        finally:
+            # On every way out, SIGTERM and errors too: a helper still inside TF's iterator destructor when the
+            # interpreter exits is killed in C++ ("terminate called after throwing an instance of ''": abort).
+            self.releaser.join()
         if not self.chief:
             shutil.rmtree(self.manager.directory, ignore_errors=True)
         return {"step": int(self.step.numpy()), "validation": final, "model_dir": self.model_dir, **history}
