@@ -426,6 +426,49 @@ def test_a_spent_iterator_is_deleted_off_the_main_thread_and_joined_at_the_end()
     assert releaser.threads == []
 
 
+class SlowIterator(SlowToDelete):
+    """An iterator over `items` whose deletion is slow, like a tf.data iterator's."""
+
+    def __init__(self, items, seconds, deleted_on):
+        super().__init__(seconds, deleted_on)
+        self.items = iter(items)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self.items)
+
+
+@pytest.mark.parametrize("stop_after", [None, 1])
+def test_a_tasks_own_evaluation_hands_its_spent_iterator_to_the_releaser(stop_after):
+    """Detection's mAP evaluation iterates `Task.batches`: run to the end or stopped early (SIGTERM's
+    EvaluationStopped), the iterator is deleted on the releaser's thread, not the loop's."""
+    deleted_on = []
+    made = []
+
+    class Counting(Task):
+        def dataset(self, split, **kwargs):
+            made.append(SlowIterator([1, 2, 3], 0.5, deleted_on))
+            return made[-1]
+
+    task = Counting(None)
+    task.releaser = loop.Releaser()
+    alive = []
+    seen = []
+    started = time.perf_counter()
+    for batch in task.batches("validation"):
+        if not alive:
+            alive.append(weakref.ref(made.pop()))
+        seen.append(batch)
+        if stop_after and len(seen) == stop_after:
+            break
+    assert time.perf_counter() - started < 0.4  # not waiting for the deletion
+    assert seen == [1, 2, 3][:stop_after]
+    task.releaser.join()
+    assert alive[0]() is None and deleted_on == ["release-tf-data-iterator"]
+
+
 def test_fit_releases_every_training_and_evaluation_iterator_it_made(tmp_path, monkeypatch):
     released = []
     release = loop.Releaser.release
@@ -439,4 +482,34 @@ def test_fit_releases_every_training_and_evaluation_iterator_it_made(tmp_path, m
     trainer.fit()
     assert len(released) == 4  # two epochs, each a training and an evaluation iterator
     assert all(ref() is None for ref in released)  # deleted, and fit waited for it
+    assert trainer.releaser.threads == []
+
+
+@pytest.mark.parametrize("how", ["error", "sigterm"])
+def test_fit_waits_for_the_released_iterators_on_every_way_out(tmp_path, monkeypatch, how):
+    """A run that ends in an error or SIGTERM exits the process next: a helper thread still inside TF's
+    iterator destructor then was killed in C++ (seen: "terminate called after throwing an instance of ''",
+    an abort instead of the exit code). fit joins them before the exception leaves it."""
+    released = []
+    release = loop.Releaser.release
+
+    def recording(self, box):
+        released.append(weakref.ref(box[0]))
+        release(self, box)
+
+    monkeypatch.setattr(loop.Releaser, "release", recording)
+    trainer = loop.Loop(tiny(tmp_path, steps=2 * STEPS_PER_EPOCH))
+    evaluate = trainer.evaluate
+
+    def failing():
+        result = evaluate()  # the evaluation's iterator is released, then the epoch's end fails
+        if how == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)
+            return result
+        raise RuntimeError("disk full")
+
+    trainer.evaluate = failing
+    with pytest.raises(trainers.Interrupted if how == "sigterm" else RuntimeError):
+        trainer.fit()
+    assert len(released) >= 2 and all(ref() is None for ref in released)
     assert trainer.releaser.threads == []

@@ -109,7 +109,7 @@ def evaluate(run_path, checkpoint=None, make_task=None, **changes):
         scores_of = tf.function(lambda images: task.scores(model, images))
         sums_of = tf.function(lambda batch: task.eval_sums(model, batch))
         labels, scores, totals = [], [], np.zeros(len(task.metric_names) + 1)
-        for batch in task.dataset("validation"):
+        for batch in task.batches("validation"):
             labels.append(batch[1].numpy())
             scores.append(scores_of(batch[0]).numpy())
             totals += sums_of(batch).numpy()

@@ -22,6 +22,9 @@ class Task:
     # A uint8 [H, W, 3] picture the last evaluation drew (detection's sample detections), or None; the loop
     # logs it to TensorBoard beside the evaluation's scalars.
     picture = None
+    # The loop's Releaser (trainers.loop.Releaser), set by the loop: `batches` hands it the spent iterator of a
+    # task's own evaluation, so the end of one does not wait on tf.data's autotuner. None: dropped here.
+    releaser = None
 
     def __init__(self, config):
         self.config = config
@@ -72,6 +75,21 @@ class Task:
         on this host. None: the loop sums `eval_sums` over the validation split. A long one calls
         `self.check_stop()` between batches, so a preemption's grace period is not spent evaluating."""
         return None
+
+    def batches(self, split):
+        """The batches of `split` one by one, for a task's own evaluation; the spent iterator goes to `releaser`
+        (even when the caller stops early), never deleted on this thread while one is set."""
+        box = [iter(self.dataset(split))]  # the only reference to the iterator
+        try:
+            while True:
+                try:
+                    batch = next(box[0])
+                except StopIteration:
+                    return
+                yield batch
+        finally:
+            if self.releaser is not None:
+                self.releaser.release(box)
 
     def check_stop(self):
         """Raises EvaluationStopped once the loop was asked to stop (it sets `stop_requested` on one machine;

@@ -148,7 +148,7 @@ class DetectionTask(Task):
             )
         evaluator = DetectionEvaluator(self.source.class_names)
         shown = []
-        for batch in self.dataset("validation"):
+        for batch in self.batches("validation"):
             self.check_stop()
             out = self._detect(batch["images"], batch["image_size"])
             both = {**{k: v.numpy() for k, v in batch.items()}, **{k: v.numpy() for k, v in out.items()}}
