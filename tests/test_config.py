@@ -157,6 +157,9 @@ def test_an_unknown_flag_suggests_the_field(capsys):
         (["--shortcut", "D"], "--shortcut D: Unknown shortcut 'D'. Valid choices: 'A', 'B', 'C'."),
         (["--model", "plain20", "--shortcut", "B"], "--shortcut B: plain20 is a plain network: it has no shortcuts"),
         (["--variant", "v3"], "argument --variant: expected one of v1, v1.5, v2, got 'v3'"),
+        (["--flip-test", "--ten-crop"], "--flip-test and --ten-crop: the 10 crops include the mirror images"),
+        (["--task", "detection", "--augment", "flip", "--flip-test"], "--flip-test: test-time averaging is for "
+         "classification"),
     ],
 )  # fmt: skip
 def test_settings_that_cannot_work_are_refused_naming_the_flag(capsys, argv, message):

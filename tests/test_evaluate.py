@@ -90,6 +90,14 @@ def test_a_checkpoint_and_its_export_are_scored_like_a_direct_computation(tmp_pa
     files = task.source._files["validation"]
     images = np.stack([np.asarray(Image.open(p).convert("RGB"), np.float32) for p in files[0]])
     check(report, files[1], model(images - mean, training=False).numpy())
+    # --flip-test: each image's softmax averaged with its mirror image's (mirrored, then the mean taken off).
+    flipped = evaluate(config.model_dir, flip_test=True)
+    both = [tf.nn.softmax(model(views - mean, training=False)).numpy() for views in (images, images[:, :, ::-1])]
+    probabilities = (both[0] + both[1]) / 2
+    check(flipped, files[1], probabilities)
+    nll = -np.log(probabilities[np.arange(len(files[1])), files[1]]).mean()
+    assert flipped["loss"] == pytest.approx(nll, rel=1e-5)
+    assert not np.allclose(probabilities, both[0], atol=1e-3)  # the mirror view counted
 
     # The SavedModel through serve_image_bytes: by default on the 6 images its training held out, as the
     # checkpoint was (no train/serve skew); with validation_split=0 on all 24 files, each recomputed here.
@@ -142,3 +150,16 @@ def test_evaluate_refuses_what_it_cannot_score(tmp_path):
     assert missing.returncode == 2 and "has no config.json" in missing.stderr
     no_data = run(sys.executable, "-m", "trainers.evaluate", "--model", str(tmp_path))
     assert no_data.returncode == 2 and "--model needs --data" in no_data.stderr
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model-dir", "r", "--ten-crop", "--flip-test"], "the 10 crops include the mirror images"),
+        (["--model", "m", "--data", "folder:x", "--flip-test"], "--flip-test scores a checkpoint (--model-dir)"),
+        (["--model", "m", "--data", "folder:x", "--ten-crop"], "--ten-crop scores a checkpoint (--model-dir)"),
+    ],
+)
+def test_test_time_averaging_is_refused_where_it_cannot_apply(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err

@@ -74,6 +74,7 @@ class Config:
     log_steps: int = 50
     profile_steps: str | None = None
     ten_crop: bool = False
+    flip_test: bool = False
     eval_every: int = 1
     export: bool = True
     export_dir: str = "saved_models"
@@ -154,6 +155,7 @@ HELP = {
     "log_steps": "write TensorBoard scalars every N steps",
     "profile_steps": "profile steps A,B into TensorBoard",
     "ten_crop": "evaluate with 10 crops",
+    "flip_test": "evaluate each image and its mirror image (mean of the two softmaxes): flip test-time averaging",
     "eval_every": "evaluate every N epochs (and always after the last step)",
     "export": "export a SavedModel at the end",
     "export_dir": "SavedModel root (TF Serving layout <dir>/<name>/<version>)",
@@ -726,6 +728,11 @@ def validate(config):
     _validate_augment(config)
     if config.profile_steps:
         _validate_profile_steps(config.profile_steps)
+    if config.flip_test and config.ten_crop:
+        raise ConfigError("--flip-test and --ten-crop: the 10 crops include the mirror images; give one", "flip_test")
+    if config.task == "detection" and (config.flip_test or config.ten_crop):
+        flag = "--flip-test" if config.flip_test else "--ten-crop"
+        raise ConfigError(f"{flag}: test-time averaging is for classification; detection scores one view", "flip_test")
     _validate_model(config)
 
 
@@ -960,6 +967,7 @@ RUNTIME_FIELDS = frozenset(
         "log_steps",
         "profile_steps",
         "ten_crop",
+        "flip_test",
         "eval_every",
         "export",
         "export_dir",

@@ -4,8 +4,9 @@
     python -m trainers.evaluate --model saved_models/resnet20_cifar10/2 --data folder:cifar10/test
 
 --model-dir scores a run's checkpoint through the task's own evaluation (the loop's numbers): for
-classification top-1/top-5 error (`--ten-crop`: the paper's 10-crop test), per-class accuracy and a
-confusion matrix; for detection VOC07 mAP@0.5 with per-class APs, the COCO table and the sample PNG.
+classification top-1/top-5 error (`--ten-crop`: the paper's 10-crop test; `--flip-test`: each image and
+its mirror image averaged), per-class accuracy and a confusion matrix; for detection VOC07 mAP@0.5 with
+per-class APs, the COCO table and the sample PNG.
 --model scores an exported classification SavedModel through its serving signature, on encoded image bytes
 where the data has them (`serve_image_bytes`, what TF Serving answers a client) and `serve_uint8`
 otherwise: a difference from the checkpoint's numbers is train/serve skew. `--data` evaluates on other
@@ -41,6 +42,8 @@ def parser():
                    "fixed split holds out (default: the split the model was trained with, so its own training "
                    "images are not scored; 0: every image)")  # fmt: skip
     p.add_argument("--ten-crop", action="store_true", help="classification checkpoints: the paper's 10-crop test")
+    p.add_argument("--flip-test", action="store_true", help="classification checkpoints: average each image's "
+                   "softmax with its mirror image's (test-time averaging: report it apart)")  # fmt: skip
     p.add_argument("--output-json", default=None, help="write the report here")
     p.add_argument("--confusion-png", default=None, help="classification: the confusion matrix (default: beside "
                    "--output-json, else none)")  # fmt: skip
@@ -186,19 +189,29 @@ def main(argv=None):
     from trainers.run_dir import RunDir
 
     try:
+        if args.ten_crop and args.flip_test:
+            raise ValueError("--ten-crop and --flip-test: the 10 crops include the mirror images; give one.")
         if args.model:
             if not args.data:
                 raise ValueError("--model needs --data: the images to score it on (e.g. folder:DIR).")
+            if args.ten_crop or args.flip_test:
+                flag = "--ten-crop" if args.ten_crop else "--flip-test"
+                raise ValueError(f"{flag} scores a checkpoint (--model-dir): --model answers one view an image, "
+                                 "as its serving signature does.")  # fmt: skip
             cli.quiet_tensorflow(Config(steps=1))
             result = evaluate_saved_model(args.model, args.data, args.batch_size or 64, args.validation_split)
         else:
             saved = RunDir(args.model_dir).read_config()
             if args.task and args.task != saved.task:
                 raise ValueError(f"--task {args.task}: {args.model_dir} is a {saved.task} run.")
+            if saved.task == "detection" and (args.ten_crop or args.flip_test):
+                flag = "--ten-crop" if args.ten_crop else "--flip-test"
+                raise ValueError(f"{flag}: test-time averaging is for classification; {args.model_dir} is a detector.")
             cli.quiet_tensorflow(saved)
             result = evaluate(
                 args.model_dir, args.checkpoint, data=args.data, batch_size=args.batch_size,
-                ten_crop=True if args.ten_crop else None, model_dir=args.model_dir,
+                ten_crop=True if args.ten_crop else None, flip_test=True if args.flip_test else None,
+                model_dir=args.model_dir,
             )  # fmt: skip
     except ValueError as error:  # DataError is one
         print(f"error: {error}", file=sys.stderr)

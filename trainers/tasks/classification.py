@@ -80,7 +80,7 @@ def top_k_hits(labels, scores, k):
 
 
 class ClassificationTask(Task):
-    """Softmax cross-entropy, top-1/top-5, optional 10-crop evaluation, a TF Serving export."""
+    """Softmax cross-entropy, top-1/top-5, optional 10-crop or flip evaluation, a TF Serving export."""
 
     metric_names = ("loss", "top1", "top5")
     name = "classification"
@@ -172,17 +172,22 @@ class ClassificationTask(Task):
         return tf.reduce_sum(per_example), self._sums(labels, logits, per_example)
 
     def scores(self, model, images):
-        """float32 class scores of a validation batch: logits, or (--ten-crop) the paper's 10-crop testing's
-        mean log-probabilities over the corners, centre and their mirrors of the 256x256 image."""
+        """float32 class scores of a validation batch: logits, or the mean log-probabilities over views:
+        (--ten-crop) the paper's 10-crop testing's corners, centre and their mirrors of the 256x256 image;
+        (--flip-test) the image and its mirror image, mirrored before the mean is taken off, as in training."""
         if self.config.ten_crop:
             crops = data.ten_crop_batch(images, self.config.image_size)  # [10 * b, s, s, 3], crop-major
             return mean_crop_log_probabilities(model(preprocessing.normalize(crops, self.mean), training=False), 10)
+        if self.config.flip_test:
+            views = tf.concat([images, tf.reverse(images, axis=[2])], axis=0)  # [2 * b, s, s, 3], view-major
+            return mean_crop_log_probabilities(model(preprocessing.normalize(views, self.mean), training=False), 2)
         return tf.cast(model(preprocessing.normalize(images, self.mean), training=False), tf.float32)
 
     def eval_sums(self, model, batch):
         images, labels = batch
         scores = self.scores(model, images)
-        loss = -tf.gather(scores, labels, batch_dims=1) if self.config.ten_crop else self._loss(labels, scores)
+        averaged = self.config.ten_crop or self.config.flip_test  # scores are log-probabilities already
+        loss = -tf.gather(scores, labels, batch_dims=1) if averaged else self._loss(labels, scores)
         return self._sums(labels, scores, loss)
 
     def dataset(self, split, *, epoch=0, skip_batches=0, input_context=None):
