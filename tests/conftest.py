@@ -29,6 +29,25 @@ def float32_policy():
 
 
 @pytest.fixture
+def released_iterators(monkeypatch):
+    """Weak references to every tf.data iterator handed to a loop's Releaser (trainers.loop) in this test:
+    dead ones were deleted."""
+    import weakref
+
+    from trainers import loop
+
+    released = []
+    release = loop.Releaser.release
+
+    def recording(self, box):
+        released.append(weakref.ref(box[0]))
+        release(self, box)
+
+    monkeypatch.setattr(loop.Releaser, "release", recording)
+    return released
+
+
+@pytest.fixture
 def restore_logging(monkeypatch):
     """For tests that set up logging for the process: put the loggers, absl and the environment back."""
     import logging

@@ -183,23 +183,11 @@ def test_detection_settings_are_refused_before_anything_runs(tmp_path):
 # -- learning, evaluation and export ------------------------------------------------------------------------
 
 
-def test_sigterm_during_the_detection_evaluation_stops_it_between_batches(tmp_path, monkeypatch):
+def test_sigterm_during_the_detection_evaluation_stops_it_between_batches(tmp_path, released_iterators):
     """Scoring VOC's 792 validation images takes minutes on a CPU: SIGTERM stops it at the next batch, saves
     the step, and the rerun evaluates without training again. Every tf.data iterator, the stopped
     evaluation's too, is dropped through the loop's Releaser (off the main thread) and deleted by the end."""
     import signal
-    import weakref
-
-    from trainers import loop
-
-    released = []
-    release = loop.Releaser.release
-
-    def recording(self, box):
-        released.append(weakref.ref(box[0]))
-        release(self, box)
-
-    monkeypatch.setattr(loop.Releaser, "release", recording)
 
     config = config_for(tmp_path, data="shapes:12", steps=3, steps_per_loop=3)  # one epoch; 3 validation batches
     calls = []
@@ -214,10 +202,10 @@ def test_sigterm_during_the_detection_evaluation_stops_it_between_batches(tmp_pa
     with pytest.raises(trainers.Interrupted, match="SIGTERM: interrupted at step 3"):
         trainers.train(config, task=Signalled(config))
     assert len(calls) == 2 and tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints")).endswith("-3")
-    assert len(released) == 2  # the epoch's training iterator and the stopped evaluation's
+    assert len(released_iterators) == 2  # the epoch's training iterator and the stopped evaluation's
     result = trainers.train(config, task=TinyDetection(config))
     assert result["step"] == 3 and result["validation"]["examples"] == 12
-    assert len(released) == 3 and all(ref() is None for ref in released)
+    assert len(released_iterators) == 3 and all(ref() is None for ref in released_iterators)
 
 
 def test_a_detector_trains_in_bf16_and_its_export_serves_float32(tmp_path, float32_policy):

@@ -469,35 +469,19 @@ def test_a_tasks_own_evaluation_hands_its_spent_iterator_to_the_releaser(stop_af
     assert alive[0]() is None and deleted_on == ["release-tf-data-iterator"]
 
 
-def test_fit_releases_every_training_and_evaluation_iterator_it_made(tmp_path, monkeypatch):
-    released = []
-    release = loop.Releaser.release
-
-    def recording(self, box):
-        released.append(weakref.ref(box[0]))
-        release(self, box)
-
-    monkeypatch.setattr(loop.Releaser, "release", recording)
+def test_fit_releases_every_training_and_evaluation_iterator_it_made(tmp_path, released_iterators):
     trainer = loop.Loop(tiny(tmp_path, steps=2 * STEPS_PER_EPOCH))
     trainer.fit()
-    assert len(released) == 4  # two epochs, each a training and an evaluation iterator
-    assert all(ref() is None for ref in released)  # deleted, and fit waited for it
+    assert len(released_iterators) == 4  # two epochs, each a training and an evaluation iterator
+    assert all(ref() is None for ref in released_iterators)  # deleted, and fit waited for it
     assert trainer.releaser.threads == []
 
 
 @pytest.mark.parametrize("how", ["error", "sigterm"])
-def test_fit_waits_for_the_released_iterators_on_every_way_out(tmp_path, monkeypatch, how):
+def test_fit_waits_for_the_released_iterators_on_every_way_out(tmp_path, released_iterators, how):
     """A run that ends in an error or SIGTERM exits the process next: a helper thread still inside TF's
     iterator destructor then was killed in C++ (seen: "terminate called after throwing an instance of ''",
     an abort instead of the exit code). fit joins them before the exception leaves it."""
-    released = []
-    release = loop.Releaser.release
-
-    def recording(self, box):
-        released.append(weakref.ref(box[0]))
-        release(self, box)
-
-    monkeypatch.setattr(loop.Releaser, "release", recording)
     trainer = loop.Loop(tiny(tmp_path, steps=2 * STEPS_PER_EPOCH))
     evaluate = trainer.evaluate
 
@@ -511,5 +495,5 @@ def test_fit_waits_for_the_released_iterators_on_every_way_out(tmp_path, monkeyp
     trainer.evaluate = failing
     with pytest.raises(trainers.Interrupted if how == "sigterm" else RuntimeError):
         trainer.fit()
-    assert len(released) >= 2 and all(ref() is None for ref in released)
+    assert len(released_iterators) >= 2 and all(ref() is None for ref in released_iterators)
     assert trainer.releaser.threads == []

@@ -188,25 +188,25 @@ def main(argv=None):
     from trainers.config import Config
     from trainers.run_dir import RunDir
 
+    averaging = "--ten-crop" if args.ten_crop else "--flip-test" if args.flip_test else None
     try:
         if args.ten_crop and args.flip_test:
             raise ValueError("--ten-crop and --flip-test: the 10 crops include the mirror images; give one.")
         if args.model:
             if not args.data:
                 raise ValueError("--model needs --data: the images to score it on (e.g. folder:DIR).")
-            if args.ten_crop or args.flip_test:
-                flag = "--ten-crop" if args.ten_crop else "--flip-test"
-                raise ValueError(f"{flag} scores a checkpoint (--model-dir): --model answers one view an image, "
-                                 "as its serving signature does.")  # fmt: skip
+            if averaging:
+                raise ValueError(f"{averaging} scores a checkpoint (--model-dir): --model answers one view an "
+                                 "image, as its serving signature does.")  # fmt: skip
             cli.quiet_tensorflow(Config(steps=1))
             result = evaluate_saved_model(args.model, args.data, args.batch_size or 64, args.validation_split)
         else:
             saved = RunDir(args.model_dir).read_config()
             if args.task and args.task != saved.task:
                 raise ValueError(f"--task {args.task}: {args.model_dir} is a {saved.task} run.")
-            if saved.task == "detection" and (args.ten_crop or args.flip_test):
-                flag = "--ten-crop" if args.ten_crop else "--flip-test"
-                raise ValueError(f"{flag}: test-time averaging is for classification; {args.model_dir} is a detector.")
+            if saved.task == "detection" and averaging:
+                raise ValueError(f"{averaging}: test-time averaging is for classification; {args.model_dir} is a "
+                                 "detector.")  # fmt: skip
             cli.quiet_tensorflow(saved)
             result = evaluate(
                 args.model_dir, args.checkpoint, data=args.data, batch_size=args.batch_size,
