@@ -30,7 +30,7 @@ def test_flags_beat_the_config_file_which_beats_the_recipe(tmp_path):
 def test_recipe_fast_swaps_the_defaults_and_flags_still_beat_it(capsys):
     named = dict(variants=recipes.CIFAR10_RECIPES, prog="python -m trainers.cifar10")
     fast = config_lib.resolve(recipes.CIFAR10, ["--recipe", "fast"], **named)
-    expected = ("cosine", None, 75, 5e-4, 0.1)
+    expected = ("cosine", None, 90, 5e-4, 0.1)
     assert (fast.schedule, fast.decay_at, fast.epochs, fast.weight_decay, fast.label_smoothing) == expected
     paper = dict(schedule="step", decay_at=[0.5, 0.75], epochs=182, weight_decay=1e-4, label_smoothing=0.0)
     assert dataclasses.replace(fast, **paper) == (
