@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import shutil
 import signal
 import threading
 import time
@@ -209,6 +210,63 @@ def test_a_rerun_with_other_settings_is_refused_not_resumed(tmp_path):
     assert (tmp_path / "run" / "config.json").read_text() == saved  # untouched
     # Where files go and how often to log may change: that is the same run.
     loop.Loop(tiny(tmp_path, log_steps=5, keep_checkpoints=1, export_dir=str(tmp_path / "elsewhere")))
+
+
+def test_init_from_starts_the_network_from_another_runs_weights_and_the_rest_afresh(tmp_path):
+    first = loop.Loop(tiny(tmp_path, "first"))
+    first.fit()
+    trained = weights(first)
+    second = loop.Loop(tiny(tmp_path, "second", init_from=str(tmp_path / "first"), lr=0.05))
+    assert second.kept_initialisation == []
+    assert all(np.array_equal(a, b) for a, b in zip(trained, weights(second), strict=True))
+    assert int(second.step.numpy()) == 0 and int(second.optimizer.iterations.numpy()) == 0
+    fresh = loop.Loop(tiny(tmp_path, "fresh", lr=0.05))
+    assert not all(np.array_equal(a, b) for a, b in zip(trained, weights(fresh), strict=True))
+
+    # Another number of classes: everything but the classifier is copied, which keeps its initialisation.
+    other = loop.Loop(tiny(tmp_path, "other", init_from=str(tmp_path / "first"), num_classes=5))
+    assert other.kept_initialisation == ["predictions"]
+    for layer in other.model.layers:
+        if layer.weights and layer.name != "predictions":
+            source = first.model.get_layer(layer.name).get_weights()
+            assert all(np.array_equal(a, b) for a, b in zip(source, layer.get_weights(), strict=True))
+
+    # A resume takes the run's own checkpoint and never reads --init-from again (here: gone).
+    second.fit()
+    own = weights(second)
+    shutil.rmtree(tmp_path / "first" / "checkpoints")
+    again = loop.Loop(tiny(tmp_path, "second", init_from=str(tmp_path / "first"), lr=0.05))
+    again.fit()
+    assert all(np.array_equal(a, b) for a, b in zip(own, weights(again), strict=True))
+
+
+def test_init_from_what_is_not_a_run_of_the_same_network_is_refused_by_name(tmp_path):
+    loop.Loop(tiny(tmp_path, "first")).fit()
+    with pytest.raises(
+        ValueError,
+        match=r"--init-from .*first: a classification run of resnet8; give a "
+        r"classification run of resnet14",
+    ):
+        loop.Loop(tiny(tmp_path, "deeper", model="resnet14", init_from=str(tmp_path / "first")))
+    with pytest.raises(ValueError, match=r"nowhere has no config.json: it is not a trainer's --model-dir"):
+        loop.Loop(tiny(tmp_path, "lost", init_from=str(tmp_path / "nowhere")))
+    shutil.rmtree(tmp_path / "first" / "checkpoints")
+    with pytest.raises(ValueError, match=r"--init-from .*first: no checkpoint in"):
+        loop.Loop(tiny(tmp_path, "early", init_from=str(tmp_path / "first")))
+
+
+def test_a_detector_backbone_takes_a_classification_runs_weights_by_layer_name(tmp_path):
+    import keras_resnet
+
+    source = loop.Loop(tiny(tmp_path, "classifier"))
+    source.fit()
+    backbone = keras_resnet.build("resnet8", include_top=False, input_shape=(None, None, 3))
+    kept = run_dir.RunDir(str(tmp_path / "classifier")).copy_weights_into(backbone, "resnet8", "--backbone-weights")
+    assert kept == []
+    for layer in backbone.layers:
+        if layer.weights:
+            expected = source.model.get_layer(layer.name).get_weights()
+            assert all(np.array_equal(a, b) for a, b in zip(expected, layer.get_weights(), strict=True))
 
 
 def test_the_default_model_dir_is_named_after_the_settings():

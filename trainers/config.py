@@ -20,6 +20,7 @@ class Config:
     task: str = "classification"
     detector: str = "frcnn-c4"
     backbone_weights: str | None = None
+    init_from: str | None = None
     model: str = "resnet20"
     shortcut: str | None = None
     variant: str = "v1"
@@ -97,6 +98,9 @@ HELP = {
     "detector": "detection: frcnn-c4 (the paper's Faster R-CNN on conv4_x, conv5_x as the box head) or frcnn-fpn",
     "backbone_weights": "detection: start the backbone from a classification run of ours (its --model-dir) or "
     "imagenet (keras.applications' weights, downloaded once)",
+    "init_from": "start the network from another run's newest checkpoint (its --model-dir; weights only: the "
+    "step, optimizer and schedule start afresh): fine-tuning, or a second schedule cycle. Layers whose shapes "
+    "differ (a classifier of other classes) keep their initialisation",
     "model": "registered network name (keras_resnet.available())",
     "shortcut": "shortcut option A, B or C",
     "variant": "v1 (paper), v1.5 (stride on the 3x3) or v2 (pre-activation)",
@@ -167,6 +171,7 @@ HELP = {
 # What a None default means, for --help.
 UNSET = {
     "backbone_weights": "none: the backbone starts from random weights",
+    "init_from": "none: random initial weights",
     "shortcut": "the model's: A for CIFAR nets, B for ImageNet nets",
     "data_dir": "tensorflow-datasets' own, ~/tensorflow_datasets",
     "num_classes": "from the data",

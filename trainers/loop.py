@@ -181,6 +181,11 @@ class Loop:
         self.task.prepare(self.run_dir, resuming)
         with self.strategy.scope():
             self.model = self.task.build_model()
+            self.kept_initialisation = None
+            if config.init_from and not resuming:  # a resume's checkpoint holds the run's own weights
+                self.kept_initialisation = RunDir(config.init_from).copy_weights_into(
+                    self.model, config.model, "--init-from"
+                )
             self.schedule = schedules.from_config(config, self.steps_per_epoch, self.total_steps)
             optimizer = keras.optimizers.SGD(self.schedule, momentum=config.momentum)
             if config.precision == "fp16":
@@ -365,7 +370,17 @@ class Loop:
         if restored:
             log.info("Resumed from step %d (%s)", start, restored)
         else:
-            log.info("Starting %s from scratch in %s", config.model, self.model_dir)
+            if self.kept_initialisation is None:
+                log.info("Starting %s from scratch in %s", config.model, self.model_dir)
+            else:
+                kept = ", ".join(self.kept_initialisation) or "none"
+                log.info(
+                    "Starting %s from %s's weights (newly initialised: %s) in %s",
+                    config.model,
+                    config.init_from,
+                    kept,
+                    self.model_dir,
+                )
             if self.board:
                 self.board.hparams(config)
         self._log_start()

@@ -86,6 +86,40 @@ class RunDir:
         with open(self.result_path, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2, default=float)
 
+    def copy_weights_into(self, model, model_name, flag):
+        """This run's newest weights into `model`, layer by layer by name where the shapes agree: keras_resnet
+        names every layer, so a classifier's, a fine-tuned classifier's and a detector's backbone agree.
+        Returns the names of `model`'s layers left as they were. `flag` names the setting in errors."""
+        import tensorflow as tf
+
+        saved = self.read_config()
+        if saved.task != "classification" or saved.model != model_name:
+            raise ValueError(
+                f"{flag} {self.path}: a {saved.task} run of {saved.model}; give a classification run of "
+                f"{model_name} (its --model-dir)."
+            )
+        checkpoint = self.latest_checkpoint()
+        if not checkpoint:
+            raise ValueError(f"{flag} {self.path}: no checkpoint in {self.checkpoint_dir}.")
+        source = self.rebuild_model(saved)
+        tf.train.Checkpoint(model=source).restore(checkpoint).expect_partial().assert_existing_objects_matched()
+        kept = []
+        for layer in model.layers:
+            if not layer.weights:
+                continue
+            try:
+                values = source.get_layer(layer.name).get_weights()
+            except ValueError:
+                kept.append(layer.name)
+                continue
+            if [tuple(v.shape) for v in values] != [tuple(w.shape) for w in layer.weights]:
+                kept.append(layer.name)
+                continue
+            layer.set_weights(values)
+        if len(kept) == sum(1 for layer in model.layers if layer.weights):
+            raise ValueError(f"{flag} {self.path}: none of {model_name}'s layers found in {checkpoint}.")
+        return kept
+
     def rebuild_model(self, config=None):
         """The network of this run (float32 policy is the caller's choice), weights not restored."""
         from trainers.tasks import task_for

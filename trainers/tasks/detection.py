@@ -186,31 +186,7 @@ class DetectionTask(Task):
 
 
 def _copy_backbone(backbone, path, model_name):
-    """Backbone weights from a classification run of ours (`path`: its model dir), layer by layer by name:
-    keras_resnet names every layer, so the classifier's and the backbone's names agree."""
+    """Backbone weights from a classification run of ours (`path`: its model dir)."""
     from trainers.run_dir import RunDir
 
-    run = RunDir(path)
-    saved = run.read_config()
-    if saved.task != "classification" or saved.model != model_name:
-        raise ValueError(
-            f"--backbone-weights {path}: a {saved.task} run of {saved.model}; give a classification run of "
-            f"{model_name} (its --model-dir)."
-        )
-    checkpoint = run.latest_checkpoint()
-    if not checkpoint:
-        raise ValueError(f"--backbone-weights {path}: no checkpoint in {run.checkpoint_dir}.")
-    classifier = run.rebuild_model(saved)
-    tf.train.Checkpoint(model=classifier).restore(checkpoint).expect_partial()
-    copied = 0
-    for layer in backbone.layers:
-        if not layer.weights:
-            continue
-        try:
-            source = classifier.get_layer(layer.name)
-        except ValueError:
-            continue
-        layer.set_weights(source.get_weights())
-        copied += 1
-    if not copied:
-        raise ValueError(f"--backbone-weights {path}: none of {model_name}'s layers found in {checkpoint}.")
+    RunDir(path).copy_weights_into(backbone, model_name, "--backbone-weights")
