@@ -143,6 +143,9 @@ def test_an_unknown_flag_suggests_the_field(capsys):
         (["--image-size", "4"], "--image-size 4: must be at least 8 (CIFAR uses 32, ImageNet 224)"),
         (["--num-classes", "0"], "--num-classes 0: must be at least 1"),
         (["--label-smoothing", "1"], "--label-smoothing 1.0: must be in [0, 1) (e.g. 0.1; 0 turns it off)"),
+        (["--random-erasing", "1.5"], "--random-erasing 1.5: a probability: must be in [0, 1] (e.g. 0.5; 0 turns"),
+        (["--task", "detection", "--augment", "flip", "--random-erasing", "0.5"], "--random-erasing 0.5: "
+         "classification only"),
         (["--decay-at", "50,75"], "--decay-at 50,75: fractions of the run must be in (0, 1), e.g. 0.5,0.75"),
         (["--decay-epochs", "60,30"], "--decay-epochs 60,30: boundaries must increase"),
         (["--gpus", "2", "--cpu-replicas", "2"], "--gpus and --cpu-replicas are exclusive"),

@@ -315,6 +315,55 @@ def test_every_augmentation_gives_image_size(augment):
         assert y.max() < 5
 
 
+def test_random_erasing_replaces_one_rectangle_with_noise_and_keeps_the_crops():
+    from trainers.data import augment as aug
+
+    image = tf.fill([32, 32, 3], 100.0)
+    erased_count, areas = 0, []
+    for i in range(300):
+        seed = tf.constant([3, i], tf.int64)
+        out = aug.random_erasing(image, 0.5, seed).numpy()
+        assert np.array_equal(out, aug.random_erasing(image, 0.5, seed).numpy())  # stateless
+        changed = (out != 100.0).any(axis=2)
+        if not changed.any():
+            continue
+        erased_count += 1
+        rows, cols = np.where(changed)
+        box = np.zeros_like(changed)
+        box[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1] = True
+        # One rectangle (noise can equal 100 by chance: the changed pixels fill their bounding box but a few).
+        assert changed[box].mean() > 0.97 and not changed[~box].any()
+        areas.append(box.sum() / changed.size)
+        assert out.min() >= 0 and out.max() <= 255
+    assert 120 <= erased_count <= 180  # p = 0.5 of 300: 150 +- 5 standard deviations
+    assert min(areas) >= 0.01 and max(areas) <= 0.41 and 0.1 < np.mean(areas) < 0.25
+    assert np.array_equal(aug.random_erasing(image, 0.0, tf.constant([3, 0], tf.int64)), image)
+
+    example = {"image": tf.cast(tf.random.stateless_uniform([32, 32, 3], [1, 2], 0, 255), tf.uint8)}
+    seed = tf.constant([5, 6], tf.int64)
+    plain = aug.train_image(example, "cifar", 32, seed).numpy()
+    always = aug.train_image(example, "cifar", 32, seed, erasing=1.0).numpy()
+    differs = (plain != always).any(axis=2)
+    assert 0 < differs.mean() <= 0.41  # the same crop and flip, one rectangle of it erased
+    assert np.array_equal(plain[~differs], always[~differs])
+
+
+def test_random_erasing_touches_training_batches_only():
+    source = data.open_source("synthetic", num_classes=5)
+
+    def images(split, training, erasing):
+        ds = source.dataset(
+            split, global_batch_size=64, image_size=16, augment="cifar", training=training, erasing=erasing
+        )
+        return collect(ds)[0]
+
+    assert np.array_equal(images("validation", False, 1.0), images("validation", False, 0.0))
+    erased, plain = images("train", True, 1.0), images("train", True, 0.0)
+    assert np.array_equal(erased, images("train", True, 1.0))
+    changed = (erased != plain).any(axis=3).mean(axis=(1, 2))
+    assert changed.shape == (1024,) and (changed > 0).mean() > 0.95 and changed.max() <= 0.45  # 16x16: whole pixels
+
+
 def test_training_drops_the_remainder_and_evaluation_keeps_it():
     source = data.open_source("synthetic")
     assert source.num_examples("train") == 1024 and source.num_examples("validation") == 256

@@ -255,6 +255,22 @@ def test_init_from_what_is_not_a_run_of_the_same_network_is_refused_by_name(tmp_
         loop.Loop(tiny(tmp_path, "early", init_from=str(tmp_path / "first")))
 
 
+def test_init_from_an_export_starts_from_the_exported_weights(tmp_path):
+    from trainers.export import export_model_dir
+
+    first = loop.Loop(tiny(tmp_path, "first"))
+    first.fit()
+    trained = weights(first)
+    version = export_model_dir(str(tmp_path / "first"), str(tmp_path / "exported"), name="tiny")
+    for path in (str(version), str(tmp_path / "exported" / "tiny")):  # a version, or the newest of a model's
+        second = loop.Loop(tiny(tmp_path, f"second{len(path)}", init_from=path))
+        assert second.kept_initialisation == []
+        assert all(np.array_equal(a, b) for a, b in zip(trained, weights(second), strict=True))
+        assert int(second.step.numpy()) == 0
+    with pytest.raises(ValueError, match=r"--init-from .*1: an export of resnet8; give an export \(or a run\) of"):
+        loop.Loop(tiny(tmp_path, "deeper", model="resnet14", init_from=str(version)))
+
+
 def test_a_detector_backbone_takes_a_classification_runs_weights_by_layer_name(tmp_path):
     import keras_resnet
 
@@ -277,6 +293,13 @@ def test_the_default_model_dir_is_named_after_the_settings():
     assert run_dir.default_model_dir("cifar10", dataclasses.replace(base, seed=1)) != name
     assert run_dir.default_model_dir("cifar10", dataclasses.replace(base, log_steps=7, progress=True)) == name
     assert config_lib.differences(base, dataclasses.replace(base, export_dir="x", cpu_replicas=2)) == []
+    assert run_dir.default_model_dir("cifar10", dataclasses.replace(base, random_erasing=0.5)) != name
+
+
+def test_a_setting_added_later_does_not_move_an_older_commands_run_dir():
+    # The name this command had before --init-from and --random-erasing existed: rerunning it still resumes.
+    config = Config(model="resnet8", data="synthetic", steps=2)
+    assert run_dir.default_model_dir("cifar10", config) == "runs/cifar10-resnet8-synthetic-626b9914"
 
 
 # -- fp16 ---------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ class Config:
     validation_split: int | float = 0  # a count (kept an int: 5000, not 5000.0) or a fraction in (0, 1)
     image_size: int = 32
     augment: str = "cifar"
+    random_erasing: float = 0.0
     mean: str = "per_pixel"
     num_classes: int | None = None
     num_examples: str | None = None
@@ -98,7 +99,8 @@ HELP = {
     "detector": "detection: frcnn-c4 (the paper's Faster R-CNN on conv4_x, conv5_x as the box head) or frcnn-fpn",
     "backbone_weights": "detection: start the backbone from a classification run of ours (its --model-dir) or "
     "imagenet (keras.applications' weights, downloaded once)",
-    "init_from": "start the network from another run's newest checkpoint (its --model-dir; weights only: the "
+    "init_from": "start the network from another run's newest checkpoint (its --model-dir) or an exported model "
+    "(saved_models/NAME/VERSION; weights only: the "
     "step, optimizer and schedule start afresh): fine-tuning, or a second schedule cycle. Layers whose shapes "
     "differ (a classifier of other classes) keep their initialisation",
     "model": "registered network name (keras_resnet.available())",
@@ -116,6 +118,8 @@ HELP = {
     "augment": "cifar (4-px pad, crop, flip), pad_crop (no flip), scale (shorter side 256-480, crop, flip), "
     "inception (area/aspect crop, flip) or none; detection: flip_scale (flips, shorter side x0.8-1.2), flip "
     "or none",
+    "random_erasing": "classification: the probability of erasing a random rectangle (2-40 %% of the image, aspect "
+    "0.3-3.3) of each training image with noise, after --augment (Zhong et al. 2017; 0.5 is theirs; 0 turns it off)",
     "mean": "per_pixel (training-set mean image), rgb (ImageNet means) or none",
     "num_classes": "classes",
     "num_examples": "record counts when no count file exists, e.g. train=1281167,validation=50000",
@@ -275,6 +279,10 @@ ALIASES = {
     "warmupepoch": "warmup_epochs",
     "randomseed": "seed",
     "smoothing": "label_smoothing",
+    "reprob": "random_erasing",
+    "erasing": "random_erasing",
+    "randomerase": "random_erasing",
+    "randomerasingprob": "random_erasing",
     "valsplit": "validation_split",
     "validationsize": "validation_split",
     "valsize": "validation_split",
@@ -681,6 +689,7 @@ EXAMPLES = {
     "image_size": "CIFAR uses 32, ImageNet 224",
     "gpus": "leave --gpus out to use the GPUs found; CUDA_VISIBLE_DEVICES= runs on the CPU",
     "label_smoothing": "e.g. 0.1; 0 turns it off",
+    "random_erasing": "e.g. 0.5; 0 turns it off",
     "num_classes": "leave it out to take the count from the data",
 }
 
@@ -720,6 +729,8 @@ def validate(config):
         value = getattr(config, name)
         if not 0 <= value < 1:
             raise _problem(name, value, "must be in [0, 1)")
+    if not 0 <= config.random_erasing <= 1:
+        raise _problem("random_erasing", config.random_erasing, "a probability: must be in [0, 1]")
     placed = [_flag(name) for name in BOUNDARY_FIELDS if getattr(config, name)]
     if len(placed) > 1:
         raise ConfigError(f"{' and '.join(placed)} both place the lr drops: give one of them", "decay_at")
@@ -871,6 +882,12 @@ def _validate_augment(config):
             "shorter side x0.8-1.2), flip or none",
             "augment",
         )
+    if detection and config.random_erasing:
+        raise ConfigError(
+            f"--random-erasing {config.random_erasing}: classification only (noise over boxes would hide objects the "
+            "labels still name); leave it out for detection",
+            "random_erasing",
+        )
     if not detection and config.augment in DETECTION_AUGMENT[:2]:
         raise ConfigError(
             f"--augment {config.augment}: detection's; classification takes cifar, pad_crop, scale, inception or none",
@@ -997,6 +1014,16 @@ def strategy_settings(config):
 def training_fields(config):
     """The settings a checkpoint was trained under, as a dict."""
     return {k: v for k, v in dataclasses.asdict(config).items() if k not in RUNTIME_FIELDS}
+
+
+# Settings added after runs existed: left out of the default run directory's hash while at these values, so a
+# new setting never moves an older command's runs/... directory (rerunning it still resumes).
+ADDED_SETTINGS = {"init_from": None, "random_erasing": 0.0}
+
+
+def identity_fields(config):
+    """`training_fields` less the later-added settings at their old behaviour: what names a default run dir."""
+    return {k: v for k, v in training_fields(config).items() if not (k in ADDED_SETTINGS and v == ADDED_SETTINGS[k])}
 
 
 def differences(saved, now):

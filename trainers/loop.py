@@ -24,7 +24,7 @@ from trainers import config as config_lib
 from trainers import data_service, hardware, logs, replicas, schedules
 from trainers import strategy as strategy_lib
 from trainers.logs import Board, Progress, log
-from trainers.run_dir import RunDir, default_model_dir
+from trainers.run_dir import RunDir, copy_weights, default_model_dir
 from trainers.strategy import make_strategy
 from trainers.tasks.base import EvaluationStopped
 
@@ -183,9 +183,7 @@ class Loop:
             self.model = self.task.build_model()
             self.kept_initialisation = None
             if config.init_from and not resuming:  # a resume's checkpoint holds the run's own weights
-                self.kept_initialisation = RunDir(config.init_from).copy_weights_into(
-                    self.model, config.model, "--init-from"
-                )
+                self.kept_initialisation = copy_weights(config.init_from, self.model, config.model, "--init-from")
             self.schedule = schedules.from_config(config, self.steps_per_epoch, self.total_steps)
             optimizer = keras.optimizers.SGD(self.schedule, momentum=config.momentum)
             if config.precision == "fp16":

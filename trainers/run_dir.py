@@ -16,7 +16,7 @@ from trainers import config as config_lib
 
 def default_model_dir(recipe_name, config):
     """Deterministic, so rerunning the same command resumes; other training settings, another dir."""
-    fields = json.dumps(config_lib.training_fields(config), sort_keys=True, default=str)
+    fields = json.dumps(config_lib.identity_fields(config), sort_keys=True, default=str)
     digest = hashlib.sha256(fields.encode()).hexdigest()[:8]
     data_name = config.data.replace(":", "_").replace("/", "_")
     return os.path.join("runs", f"{recipe_name}-{config.model}-{data_name}-{digest}")
@@ -87,9 +87,8 @@ class RunDir:
             json.dump(result, f, indent=2, default=float)
 
     def copy_weights_into(self, model, model_name, flag):
-        """This run's newest weights into `model`, layer by layer by name where the shapes agree: keras_resnet
-        names every layer, so a classifier's, a fine-tuned classifier's and a detector's backbone agree.
-        Returns the names of `model`'s layers left as they were. `flag` names the setting in errors."""
+        """This run's newest weights into `model` (see `copy_layer_weights`); `flag` names the setting in errors.
+        Returns the names of `model`'s layers left as they were."""
         import tensorflow as tf
 
         saved = self.read_config()
@@ -103,22 +102,7 @@ class RunDir:
             raise ValueError(f"{flag} {self.path}: no checkpoint in {self.checkpoint_dir}.")
         source = self.rebuild_model(saved)
         tf.train.Checkpoint(model=source).restore(checkpoint).expect_partial().assert_existing_objects_matched()
-        kept = []
-        for layer in model.layers:
-            if not layer.weights:
-                continue
-            try:
-                values = source.get_layer(layer.name).get_weights()
-            except ValueError:
-                kept.append(layer.name)
-                continue
-            if [tuple(v.shape) for v in values] != [tuple(w.shape) for w in layer.weights]:
-                kept.append(layer.name)
-                continue
-            layer.set_weights(values)
-        if len(kept) == sum(1 for layer in model.layers if layer.weights):
-            raise ValueError(f"{flag} {self.path}: none of {model_name}'s layers found in {checkpoint}.")
-        return kept
+        return copy_layer_weights(source, model, f"{flag} {self.path}: none of {model_name}'s layers in {checkpoint}")
 
     def rebuild_model(self, config=None):
         """The network of this run (float32 policy is the caller's choice), weights not restored."""
@@ -126,3 +110,67 @@ class RunDir:
 
         config = config or self.read_config()
         return task_for(config).build_model(config.num_classes)
+
+
+def copy_layer_weights(source, model, nothing_matched):
+    """`source`'s weights into `model`, layer by layer by name where the shapes agree: keras_resnet names every
+    layer, so a classifier's, a fine-tuned classifier's and a detector's backbone agree. Returns the names of
+    `model`'s layers left as they were; raises ValueError(`nothing_matched`) when that is all of them."""
+    kept = []
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        try:
+            values = source.get_layer(layer.name).get_weights()
+        except ValueError:
+            kept.append(layer.name)
+            continue
+        if [tuple(v.shape) for v in values] != [tuple(w.shape) for w in layer.weights]:
+            kept.append(layer.name)
+            continue
+        layer.set_weights(values)
+    if len(kept) == sum(1 for layer in model.layers if layer.weights):
+        raise ValueError(nothing_matched + ".")
+    return kept
+
+
+def export_version(path):
+    """The SavedModel version folder of `trainers.export` that `path` names: itself, or the newest version of
+    a model folder; None when it is neither."""
+    from trainers import export
+
+    if os.path.exists(os.path.join(path, export.EXPORT_INFO)):
+        return path
+    path = os.path.normpath(path)
+    return export.newest_version_dir(os.path.dirname(path), os.path.basename(path))
+
+
+def copy_export_weights_into(version, model, model_name, flag):
+    """The trained network of an export version folder (its assets.extra/model.keras) into `model`, as
+    `RunDir.copy_weights_into` does for a run."""
+    import keras
+
+    import keras_resnet  # noqa: F401  (registers the layers model.keras is made of)
+    from trainers import export
+
+    info = export.read_export_info(version)
+    trained = ((info.get("source") or {}).get("config") or {}).get("model")
+    keras_file = os.path.join(version, info.get("keras_model", export.KERAS_MODEL))
+    if trained != model_name:
+        what = f"an export of {trained}" if trained else "an export that does not name its network"
+        raise ValueError(f"{flag} {version}: {what}; give an export (or a run) of {model_name}.")
+    if not os.path.exists(keras_file):
+        raise ValueError(f"{flag} {version}: no {keras_file} (an older export): export its run again, or give the run.")
+    served = keras.models.load_model(keras_file, compile=False)
+    networks = [layer for layer in served.layers if isinstance(layer, keras.Model)]
+    source = networks[0] if networks else served
+    return copy_layer_weights(source, model, f"{flag} {version}: none of {model_name}'s layers in {keras_file}")
+
+
+def copy_weights(path, model, model_name, flag):
+    """Weights from a run directory or an exported SavedModel (`export_version`) into `model`: what --init-from and
+    --backbone-weights take. Returns the names of `model`'s layers left as they were."""
+    version = None if os.path.exists(os.path.join(path, "config.json")) else export_version(path)
+    if version:
+        return copy_export_weights_into(version, model, model_name, flag)
+    return RunDir(path).copy_weights_into(model, model_name, flag)

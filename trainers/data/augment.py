@@ -6,6 +6,7 @@ Decoding, resizing and the evaluation crops are `trainers.preprocessing`'s, the 
 SavedModel serves with too.
 """
 
+import numpy as np
 import tensorflow as tf
 
 from trainers import preprocessing
@@ -21,6 +22,10 @@ INCEPTION_AREA = (0.05, 1.0)
 INCEPTION_ASPECT = (0.75, 1.33)
 INCEPTION_MIN_COVERED = 0.1
 INCEPTION_ATTEMPTS = 100
+# Random erasing (Zhong et al. 2017, their CIFAR settings): a rectangle of 2-40 % of the image, aspect 0.3-3.3,
+# filled with uniform random pixels. Their ResNet-20 on CIFAR-10: 7.21 % -> 6.73 % error at probability 0.5.
+ERASING_AREA = (0.02, 0.4)
+ERASING_ASPECT = (0.3, 1 / 0.3)
 
 
 def _random_crop(image, size, seed):
@@ -74,11 +79,43 @@ def _pixels(example):
     return example["image"] if "image" in example else decode(example["data"])
 
 
-def train_image(example, mode, image_size, seed):
+def random_erasing(image, probability, seed):
+    """`image` [h, w, 3] with, at `probability`, one random rectangle replaced by uniform noise in 0..255.
+
+    A rectangle that would not fit (a high aspect at a large area) is cut at the image's border rather than
+    drawn again, so it is never skipped; its area is then less than drawn."""
+    if not probability:
+        return image
+    apply_seed, area_seed, aspect_seed, y_seed, x_seed, noise_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 6)
+    )
+    shape = tf.shape(image)
+    h, w = shape[0], shape[1]
+    area = tf.random.stateless_uniform([], area_seed, *ERASING_AREA) * tf.cast(h * w, tf.float32)
+    log_aspect = tf.random.stateless_uniform([], aspect_seed, *[float(np.log(a)) for a in ERASING_ASPECT])
+    eh = tf.clip_by_value(tf.cast(tf.round(tf.sqrt(area * tf.exp(log_aspect))), tf.int32), 1, h)
+    ew = tf.clip_by_value(tf.cast(tf.round(tf.sqrt(area / tf.exp(log_aspect))), tf.int32), 1, w)
+    y = tf.random.stateless_uniform([], y_seed, 0, h - eh + 1, dtype=tf.int32)
+    x = tf.random.stateless_uniform([], x_seed, 0, w - ew + 1, dtype=tf.int32)
+    rows, cols = tf.range(h), tf.range(w)
+    inside = ((rows >= y) & (rows < y + eh))[:, None, None] & ((cols >= x) & (cols < x + ew))[None, :, None]
+    erase = tf.random.stateless_uniform([], apply_seed) < probability
+    noise = tf.random.stateless_uniform(shape, noise_seed, 0.0, 255.0)
+    return tf.where(inside & erase, noise, tf.cast(image, tf.float32))
+
+
+def train_image(example, mode, image_size, seed, erasing=0.0):
     """One augmented training image float32 [image_size, image_size, 3].
 
     `example` has "data" (encoded bytes) or "image" (uint8 HWC), and "bbox" ([n, 4], maybe empty).
+    `erasing` is the probability of `random_erasing`, applied last, after any mode's crop and flip.
     """
+    image = _augment(example, mode, image_size, seed)
+    # Its own seed, folded from the image's: the crops and flips stay those of a run without erasing.
+    return random_erasing(image, erasing, tf.random.experimental.stateless_fold_in(seed, 1))
+
+
+def _augment(example, mode, image_size, seed):
     crop_seed, flip_seed, side_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
     if mode == "inception":
         image = _inception_crop(example, crop_seed)

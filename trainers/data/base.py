@@ -103,6 +103,7 @@ class Source:
         augment,
         training,
         seed=0,
+        erasing=0.0,
         epoch=0,
         skip_batches=0,
         input_context=None,
@@ -163,6 +164,7 @@ class Source:
             image_size=image_size,
             augment=augment,
             training=bool(training),
+            erasing=erasing if training else 0.0,
             aug_seed=pipeline.derive_seed(seed, epoch, split, "augment"),
             # Exact: the global batch is a multiple of the replicas, which are a multiple of the pipelines.
             skip=skip_batches * global_batch_size // pipelines,

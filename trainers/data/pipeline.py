@@ -59,6 +59,7 @@ def build(
     augment,
     training,
     aug_seed,
+    erasing=0.0,
     skip,
     num_classes,
     label_hint,
@@ -92,7 +93,7 @@ def build(
 
         def pixels():
             if training:
-                return aug.train_image(example, augment, size, seed)
+                return aug.train_image(example, augment, size, seed, erasing)
             return aug.eval_image(example, augment, size)
 
         image = tf.cond(ok, pixels, lambda: tf.zeros([size, size, 3], tf.float32))

@@ -208,6 +208,7 @@ class ClassificationTask(Task):
             augment=augment,
             training=split == "train",
             seed=config.seed,
+            erasing=config.random_erasing,
             epoch=epoch,
             skip_batches=skip_batches,
             input_context=input_context,

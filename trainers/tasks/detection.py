@@ -186,7 +186,7 @@ class DetectionTask(Task):
 
 
 def _copy_backbone(backbone, path, model_name):
-    """Backbone weights from a classification run of ours (`path`: its model dir)."""
-    from trainers.run_dir import RunDir
+    """Backbone weights from a classification run of ours (`path`: its model dir or an export of it)."""
+    from trainers import run_dir
 
-    RunDir(path).copy_weights_into(backbone, model_name, "--backbone-weights")
+    run_dir.copy_weights(path, backbone, model_name, "--backbone-weights")
