@@ -111,6 +111,8 @@ def train_image(example, mode, image_size, seed, erasing=0.0):
     `erasing` is the probability of `random_erasing`, applied last, after any mode's crop and flip.
     """
     image = _augment(example, mode, image_size, seed)
+    if not erasing:
+        return image
     # Its own seed, folded from the image's: the crops and flips stay those of a run without erasing.
     return random_erasing(image, erasing, tf.random.experimental.stateless_fold_in(seed, 1))
 

@@ -130,6 +130,8 @@ class Source:
         unbiased sample of a split). count_bad=False keeps this dataset's bad and good images out of
         source.bad_images, for a statistics pass over images the training epochs count anyway.
 
+        erasing: with training=True, the probability of random erasing (augment.random_erasing) per image.
+
         service: a trainers.data_service.Service: decode and augment on its workers (see pipeline.build).
         """
         self._check_split(split)
@@ -164,7 +166,7 @@ class Source:
             image_size=image_size,
             augment=augment,
             training=bool(training),
-            erasing=erasing if training else 0.0,
+            erasing=erasing,
             aug_seed=pipeline.derive_seed(seed, epoch, split, "augment"),
             # Exact: the global batch is a multiple of the replicas, which are a multiple of the pipelines.
             skip=skip_batches * global_batch_size // pipelines,
