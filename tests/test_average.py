@@ -142,6 +142,14 @@ def test_an_export_and_a_checkpoint_average_and_the_result_is_scored_and_exporte
     served = tf.saved_model.load(str(tmp_path / "exports" / "tiny" / "2"))
     assert "serve_image_bytes" in served.signatures
 
+    # It is no training to resume, but a start for one.
+    with pytest.raises(ValueError, match=r"mixed holds an average of snapshots .* --init-from .*mixed and another"):
+        loop.Loop(tiny(tmp_path, "mixed"))
+    again = loop.Loop(tiny(tmp_path, "on", init_from=str(tmp_path / "mixed")))
+    assert again.kept_initialisation == []
+    for a, b in zip(again.model.weights, weights_of(tmp_path / "mixed").weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
 
 @pytest.mark.usefixtures("restore_logging")  # main() sets up logging as the command line does
 def test_what_cannot_be_averaged_is_refused_by_name(trained, tmp_path, capsys):

@@ -55,6 +55,11 @@ class RunDir:
         """Refuses checkpoints trained under other settings; a dir without checkpoints holds nothing to keep."""
         if not (os.path.exists(self.config_path) and self.has_checkpoint()):
             return
+        if os.path.exists(os.path.join(self.path, "averaged.json")):
+            raise ValueError(
+                f"{self.path} holds an average of snapshots (python -m trainers.average), no training to resume. "
+                f"Train on from it with --init-from {self.path} and another --model-dir."
+            )
         changed = config_lib.differences(config_lib.read(self.config_path), config)
         if changed:
             raise ValueError(
