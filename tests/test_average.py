@@ -2,6 +2,7 @@
 exact mean of the training batches' statistics."""
 
 import json
+import os
 
 import keras
 import numpy as np
@@ -61,11 +62,13 @@ def is_moving_statistic(variable):
     return "moving_" in variable.path
 
 
-def test_the_average_of_a_runs_checkpoints_is_their_mean(trained, tmp_path):
+def test_the_average_of_a_runs_checkpoints_is_their_mean(trained, tmp_path, monkeypatch):
     kept = checkpoints(trained)
     assert len(kept) == 3
-    record = average.average([str(trained)], str(tmp_path / "mean"), bn_update=False)
-    assert record["snapshots"] == kept and record["batch_norm"]["updated"] is False
+    monkeypatch.chdir(trained.parent)  # a relative run directory, as on the command line
+    record = average.average(["run"], str(tmp_path / "mean"), bn_update=False)
+    assert record["snapshots"] == [os.path.join("run", "checkpoints", os.path.basename(c)) for c in kept]
+    assert record["batch_norm"]["updated"] is False
     expected = [np.mean([v.numpy() for v in group], axis=0)
                 for group in zip(*[weights_of(trained, c).weights for c in kept], strict=True)]  # fmt: skip
     got = weights_of(tmp_path / "mean").weights

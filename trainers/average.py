@@ -95,11 +95,8 @@ def snapshots_of(path, last=None):
     if os.path.exists(os.path.join(path, "config.json")):
         run = RunDir(path)
         state = tf.train.get_checkpoint_state(run.checkpoint_dir)
-        checkpoints = [
-            c if os.path.isabs(c) else os.path.join(run.checkpoint_dir, c)
-            for c in (state.all_model_checkpoint_paths if state else [])
-        ]
-        checkpoints = [c for c in checkpoints if os.path.exists(c + ".index")]
+        kept = state.all_model_checkpoint_paths if state else []  # joined to the directory as it was given
+        checkpoints = [c for c in kept if os.path.exists(c + ".index")]
         if not checkpoints:
             raise ValueError(f"{path}: no checkpoint in {run.checkpoint_dir}: train first.")
         return _run_snapshots(path, checkpoints[-last:] if last else checkpoints)
