@@ -1,7 +1,7 @@
 """`python -m trainers.evaluate`: a trained model scored the way the paper scores it.
 
     python -m trainers.evaluate --model-dir runs/cifar10-resnet20-...         # a checkpoint, the run's data
-    python -m trainers.evaluate --model saved_models/resnet20_cifar10/4 --data folder:cifar10/test
+    python -m trainers.evaluate --model saved_models/resnet20_cifar10/5 --data folder:cifar10/test
 
 --model-dir scores a run's checkpoint through the task's own evaluation (the loop's numbers): for
 classification top-1/top-5 error (`--ten-crop`: the paper's 10-crop test; `--flip-test`: each image and
