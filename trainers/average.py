@@ -42,6 +42,7 @@ class Snapshot:
     config: object
     mean: np.ndarray
     class_names: list
+    network: object = None  # an export's trained network, loaded once
 
 
 def _config_from_fields(fields):
@@ -61,10 +62,8 @@ def _run_snapshots(run_path, checkpoints):
 
 
 def _export_snapshot(version):
-    import keras
-
-    import keras_resnet  # noqa: F401  (registers the layers model.keras is made of)
     from trainers import export
+    from trainers.run_dir import load_exported_model
 
     info = export.read_export_info(version)
     if info.get("detection_format"):
@@ -72,18 +71,15 @@ def _export_snapshot(version):
     if info.get("preprocessing") != "mean":
         raise ValueError(f"{version}: exported with {info.get('preprocessing')!r} preprocessing (converted "
                          "weights); average snapshots trained here.")  # fmt: skip
-    keras_file = os.path.join(version, info.get("keras_model", export.KERAS_MODEL))
-    if not os.path.exists(keras_file):
-        raise ValueError(f"{version}: no {keras_file} (an older export): give the run it came from instead.")
-    served = keras.models.load_model(keras_file, compile=False)
+    config = _config_from_fields((info.get("source") or {}).get("config") or {})
+    served, network = load_exported_model(version, config.model, "source")
     mean = np.asarray(served.get_layer("normalization").get_config()["mean"], np.float32)
     with open(os.path.join(version, "assets", "class_names.txt"), encoding="utf-8") as f:
         names = [line.rstrip("\n") for line in f]
-    config = _config_from_fields((info.get("source") or {}).get("config") or {})
     # The average of exports is by default the next version of the first one's model name.
     root = os.path.dirname(os.path.dirname(os.path.abspath(version)))
     config = dataclasses.replace(config, export_dir=root, export_name=info.get("name"))
-    return Snapshot(version, "export", None, config, mean, names)
+    return Snapshot(version, "export", None, config, mean, names, network)
 
 
 def snapshots_of(path, last=None):
@@ -141,12 +137,12 @@ def check_same_training(snapshots):
 def load_into(model, snapshot):
     """`snapshot`'s weights into `model`; every variable must be found."""
     from trainers.export import _restore
-    from trainers.run_dir import copy_export_weights_into
+    from trainers.run_dir import copy_layer_weights
 
     if snapshot.kind == "checkpoint":
         _restore(model, snapshot.path, snapshot.run_path, snapshot.config)
         return
-    kept = copy_export_weights_into(snapshot.path, model, snapshot.config.model, snapshot.path)
+    kept = copy_layer_weights(snapshot.network, model, f"{snapshot.path}: none of {snapshot.config.model}'s layers")
     if kept:
         raise ValueError(f"{snapshot.path}: its model.keras lacks layers {kept[:5]} of {snapshot.config.model}.")
 

@@ -150,9 +150,9 @@ def export_version(path):
     return export.newest_version_dir(os.path.dirname(path), os.path.basename(path))
 
 
-def copy_export_weights_into(version, model, model_name, flag):
-    """The trained network of an export version folder (its assets.extra/model.keras) into `model`, as
-    `RunDir.copy_weights_into` does for a run."""
+def load_exported_model(version, model_name, flag):
+    """(the served Keras model of an export version folder, its trained network inside): the
+    assets.extra/model.keras of `trainers.export`, checked to be an export of `model_name`."""
     import keras
 
     import keras_resnet  # noqa: F401  (registers the layers model.keras is made of)
@@ -168,8 +168,14 @@ def copy_export_weights_into(version, model, model_name, flag):
         raise ValueError(f"{flag} {version}: no {keras_file} (an older export): export its run again, or give the run.")
     served = keras.models.load_model(keras_file, compile=False)
     networks = [layer for layer in served.layers if isinstance(layer, keras.Model)]
-    source = networks[0] if networks else served
-    return copy_layer_weights(source, model, f"{flag} {version}: none of {model_name}'s layers in {keras_file}")
+    return served, (networks[0] if networks else served)
+
+
+def copy_export_weights_into(version, model, model_name, flag):
+    """The trained network of an export version folder (its assets.extra/model.keras) into `model`, as
+    `RunDir.copy_weights_into` does for a run."""
+    _, network = load_exported_model(version, model_name, flag)
+    return copy_layer_weights(network, model, f"{flag} {version}: none of {model_name}'s layers in its model.keras")
 
 
 def copy_weights(path, model, model_name, flag):
