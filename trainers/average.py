@@ -11,7 +11,8 @@ are averaged exactly, every batch alike.
 
 A source is a run directory (every checkpoint it kept, or its newest --last N), one checkpoint
 (DIR/checkpoints/ckpt-N) or an exported model version (its assets.extra/model.keras). All must be the same
-network trained on the same data. The result is a run directory like a trainer's (config.json,
+network trained on the same data; the first checkpoint's run (else the first export) gives the settings,
+the BatchNorm pass's pipeline included. The result is a run directory like a trainer's (config.json,
 normalization.npz, checkpoints/, averaged.json), so `trainers.evaluate --model-dir`, `trainers.export
 --model-dir` and `--init-from` take it; it is scored on the validation split and exported unless --no-export.
 """
