@@ -29,7 +29,6 @@ import numpy as np
 
 log = logging.getLogger("trainers.average")  # also when run as __main__
 
-AVERAGED = "averaged.json"
 SAME_NETWORK = ("task", "model", "shortcut", "variant", "image_size", "num_classes")
 
 
@@ -259,7 +258,7 @@ def average(sources, out, last=None, data=None, bn_batches=None, bn_update=True)
     manager.save(checkpoint_number=len(snapshots))
     record = {"snapshots": [s.path for s in snapshots], "batch_norm": bn,
               "validation_examples": task.examples("validation")}  # fmt: skip
-    with open(os.path.join(out, AVERAGED), "w", encoding="utf-8") as f:
+    with open(run.averaged_path, "w", encoding="utf-8") as f:
         json.dump(record, f, indent=2)
     return record
 
@@ -298,6 +297,7 @@ def main(argv=None):
     args = parser().parse_args(argv)  # before TensorFlow: --help and usage errors are instant
     from trainers import evaluate, logs
     from trainers.export import export_model_dir
+    from trainers.run_dir import RunDir
 
     for name in ("last", "bn_batches"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -310,7 +310,7 @@ def main(argv=None):
         if record["validation_examples"]:
             result = evaluate.evaluate(args.out)
             record["validation"] = {k: v for k, v in result.items() if isinstance(v, (int, float))}
-        with open(os.path.join(args.out, AVERAGED), "w", encoding="utf-8") as f:
+        with open(RunDir(args.out).averaged_path, "w", encoding="utf-8") as f:
             json.dump(record, f, indent=2)
         path = export_model_dir(args.out, args.export_dir, name=args.export_name) if args.export else None
     except ValueError as error:  # DataError is one

@@ -5,6 +5,7 @@ DIR/normalization.npz  the task's input statistics (classification: mean image, 
 DIR/checkpoints/       tf.train.CheckpointManager's, newest referenced by its `checkpoint` file
 DIR/logs/              TensorBoard: train/ and validation/
 DIR/result.json        the final numbers
+DIR/averaged.json      instead of training: the snapshots `trainers.average` averaged into this run's weights
 """
 
 import hashlib
@@ -30,6 +31,7 @@ class RunDir:
         self.checkpoint_dir = os.path.join(path, "checkpoints")
         self.log_dir = os.path.join(path, "logs")
         self.result_path = os.path.join(path, "result.json")
+        self.averaged_path = os.path.join(path, "averaged.json")
 
     def __repr__(self):
         return f"RunDir({self.path!r})"
@@ -55,7 +57,7 @@ class RunDir:
         """Refuses checkpoints trained under other settings; a dir without checkpoints holds nothing to keep."""
         if not (os.path.exists(self.config_path) and self.has_checkpoint()):
             return
-        if os.path.exists(os.path.join(self.path, "averaged.json")):
+        if os.path.exists(self.averaged_path):
             raise ValueError(
                 f"{self.path} holds an average of snapshots (python -m trainers.average), no training to resume. "
                 f"Train on from it with --init-from {self.path} and another --model-dir."
