@@ -8,9 +8,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_engine import tiny as engine_tiny
 
-from trainers import average, loop, recipes
-from trainers.config import Config
+from trainers import average, loop
 from trainers.export import export_model_dir
 from trainers.run_dir import RunDir
 from trainers.tasks import task_for
@@ -19,23 +19,8 @@ pytestmark = pytest.mark.usefixtures("float32_policy")  # runs set Keras' proces
 
 
 def tiny(tmp_path, name="run", **overrides):
-    values = dict(
-        recipes.CIFAR10,
-        model="resnet8",
-        data="synthetic",
-        image_size=8,
-        batch_size=64,
-        epochs=None,
-        steps=3,
-        checkpoint_steps=1,  # a checkpoint a step: three snapshots
-        keep_checkpoints=5,
-        model_dir=str(tmp_path / name),
-        export=False,
-        progress=False,
-        log_steps=1,
-    )
-    values.update(overrides)
-    return Config(**values)
+    """test_engine's tiny run, with a checkpoint a step: three snapshots."""
+    return engine_tiny(tmp_path, name, **{"steps": 3, "checkpoint_steps": 1, "keep_checkpoints": 5, **overrides})
 
 
 @pytest.fixture(scope="module")
